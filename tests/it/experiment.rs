@@ -1,0 +1,182 @@
+//! Whole experiments through the MCP tools on CPU (tests profile): the ledger, the commit gate,
+//! refusals while a run is in flight, cleanup when the server dies, and the network namespace.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+fn ledger_events(ws: &Ws) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(ws.state("runs.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
+    let _serial = EXPERIMENTS.lock().await;
+    let ws = Ws::new();
+    let c = ws.counting_client().await;
+    // Warm-up: builds the trainer (and prepares data) if this machine has not yet.
+    let t = Instant::now();
+    let r = c.call("run_experiment", json!({"description": "baseline"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    eprintln!("baseline run took {:.1} s:\n{}", t.elapsed().as_secs_f64(), text(&r));
+    let s = r.structured_content.clone().expect("structured run row");
+    let m = &s["metrics"];
+    let (mean, random) = (m["mean_rank"].as_f64().unwrap(), m["random_mean_rank"].as_f64().unwrap());
+    assert!(mean < 0.6 * random, "trained mean rank {mean} is not far below random {random}");
+    assert!(c.progress.load(std::sync::atomic::Ordering::SeqCst) >= 3, "progress notifications were sent");
+
+    // A second run of the same train.rs is allowed, flagged, and (with the trainer built) fast.
+    let t = Instant::now();
+    let r2 = c.call("run_experiment", json!({"description": "baseline again"})).await;
+    let secs = t.elapsed().as_secs_f64();
+    assert!(!is_error(&r2), "{}", text(&r2));
+    assert!(text(&r2).contains("repeat"), "{}", text(&r2));
+    eprintln!("complete CPU experiment with the trainer built: {secs:.1} s");
+    assert!(secs < 120.0, "a tests-profile experiment must finish in under 2 minutes, took {secs:.1}");
+
+    let events = ledger_events(&ws);
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "finished", "started", "finished"]);
+    assert_eq!(events[1]["status"], "ok");
+    assert!(events[0]["fingerprint"]["val_n"].as_u64().unwrap() >= 100);
+    assert!(ws.state("runs/r0001/train.rs").exists() && ws.state("runs/r0001/diff.patch").exists());
+
+    // Edit without running: commit refused. Then run, then commit: kept with the fixed format.
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let lr = src.lines().find(|l| l.contains("const LEARNING_RATE")).unwrap().to_string();
+    let new_lr = lr.replace("3e-4", "1e-3");
+    assert_ne!(lr, new_lr, "baseline LR is 3e-4");
+    let e = c.call("edit_train", json!({"command": "str_replace", "old_str": lr, "new_str": new_lr})).await;
+    assert!(!is_error(&e), "{}", text(&e));
+    let refused = c.call("commit", json!({"description": "LR 1e-3"})).await;
+    assert!(is_error(&refused) && text(&refused).contains("never been run"), "{}", text(&refused));
+    let r3 = c.call("run_experiment", json!({"description": "LR 3e-4 -> 1e-3"})).await;
+    assert!(!is_error(&r3), "{}", text(&r3));
+    let kept = c.call("commit", json!({"description": "LR 3e-4 -> 1e-3"})).await;
+    assert!(!is_error(&kept), "{}", text(&kept));
+    let repo = git2::Repository::open(&ws.root).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    let msg = head.message().unwrap();
+    assert!(msg.starts_with("exp r0003: mean_rank "), "{msg}");
+    assert!(msg.contains("| LR 3e-4 -> 1e-3") && msg.contains("Audit-Head: ") && msg.contains("Train-Hash: "), "{msg}");
+    let again = c.call("commit", json!({"description": "again"})).await;
+    assert!(is_error(&again) && text(&again).contains("identical"), "{}", text(&again));
+
+    let m = c.call("read_metrics", json!({"last": 2})).await;
+    let v = m.structured_content.unwrap();
+    assert_eq!(v["total_runs"], 3);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["best_kept"]["id"], "r0003");
+    assert_eq!(v["baseline"]["train_hash"].as_str().unwrap().len(), 12);
+    assert!(v["noise_floor"].as_f64().is_some(), "two baseline runs give a noise floor");
+
+    let report = ws.cli(&["report"]);
+    assert_eq!(String::from_utf8_lossy(&report.stdout).lines().count(), 2 + 3);
+    assert!(ws.cli(&["audit", "verify"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
+    let _serial = EXPERIMENTS.lock().await;
+    let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
+    // A train.rs that trains slowly enough to be caught in flight.
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let slow = src.replacen("fn main", "fn sleep_first() { std::thread::sleep(std::time::Duration::from_secs(300)); }\nfn main", 1);
+    std::fs::write(ws.train_rs(), insert_at_main_start(&slow, "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::process::Command::new(\"sleep\").arg(\"300\").spawn().ok(); sleep_first(); }")).unwrap();
+    let c = std::sync::Arc::new(ws.client().await);
+    let runner = {
+        let c = c.clone();
+        tokio::spawn(async move { c.call("run_experiment", json!({"description": "slow"})).await })
+    };
+    let needle = ws.root.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let procs = processes_mentioning(&format!("AR_OUT={needle}"));
+        if procs.iter().any(|(_, cmd)| cmd.contains("release/train")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the training phase never started");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // While the run is in flight: a second run, edits, commit and revert are refused; view is not.
+    let r = c.call("run_experiment", json!({"description": "second"})).await;
+    assert!(is_error(&r) && text(&r).contains("in flight"), "{}", text(&r));
+    let r = c.call("edit_train", json!({"command": "insert", "insert_line": 0, "new_str": "// x"})).await;
+    assert!(is_error(&r) && text(&r).contains("in flight"), "{}", text(&r));
+    let r = c.call("commit", json!({"description": "x"})).await;
+    assert!(is_error(&r) && text(&r).contains("in flight"), "{}", text(&r));
+    let r = c.call("revert", json!({})).await;
+    assert!(is_error(&r) && text(&r).contains("in flight"), "{}", text(&r));
+    let r = c.call("edit_train", json!({"command": "view", "view_range": [1, 1]})).await;
+    assert!(!is_error(&r));
+    let m = c.call("read_metrics", json!({})).await;
+    assert_eq!(m.structured_content.unwrap()["in_flight"], "r0001");
+
+    // Kill the server outright: the trainer, its sleeping child and the sandbox go with it.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = runner.await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The next server marks the run abandoned.
+    let c2 = ws.client().await;
+    let m = c2.call("read_metrics", json!({})).await;
+    assert_eq!(m.structured_content.unwrap()["runs"][0]["status"], "abandoned");
+}
+
+fn insert_at_main_start(src: &str, code: &str) -> String {
+    let i = src.find("fn main").expect("train.rs has fn main");
+    let brace = i + src[i..].find('{').unwrap();
+    format!("{}{{\n    {code}\n{}", &src[..brace], &src[brace + 1..])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_outside() {
+    let _serial = EXPERIMENTS.lock().await;
+    let ws = Ws::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!(
+        "match std::net::TcpStream::connect_timeout(&\"127.0.0.1:{port}\".parse().unwrap(), std::time::Duration::from_secs(3)) {{ \
+         Ok(_) => panic!(\"NETWORK-PROBE: connected\"), Err(e) => panic!(\"NETWORK-PROBE: blocked: {{e}}\") }}"
+    );
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    std::fs::write(ws.train_rs(), insert_at_main_start(&src, &probe)).unwrap();
+    let c = ws.client().await;
+    let r = c.call("run_experiment", json!({"description": "network probe"})).await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(t.contains("NETWORK-PROBE: blocked"), "{t}");
+    assert!(t.contains("<untrusted-program-output"), "log tail is fenced: {t}");
+    assert!(listener.accept().is_err(), "nothing reached the host listener from inside");
+
+    // The very binary the sandbox built, run outside the sandbox, connects.
+    let trainer = autoresearch_mcp_target().join("release/train");
+    let out = std::process::Command::new(&trainer)
+        .env_clear()
+        .env("LD_LIBRARY_PATH", torch_lib())
+        .env("AR_PHASE", "train")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(all.contains("NETWORK-PROBE: connected"), "{all}");
+    listener.set_nonblocking(false).unwrap();
+    assert!(listener.accept().is_ok(), "the host listener saw the outside connection");
+}
+
+fn autoresearch_mcp_target() -> std::path::PathBuf {
+    repo_root().join("trainer/target")
+}

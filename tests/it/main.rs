@@ -1,0 +1,8 @@
+//! Integration tests: the real server binary, driven through a real MCP client over stdio.
+
+mod common;
+
+mod audit_log;
+mod experiment;
+mod refusals;
+mod tools;

@@ -1,0 +1,58 @@
+//! `AR_OUT/train_summary.json`: `{"steps","final_loss","peak_memory_bytes","device","train_seconds"}`.
+//!
+//! Nothing here changes the score; the server records it beside the run. Peak memory is the process's
+//! maximum resident set on the CPU (`getrusage`); on CUDA tch 0.24 exposes no caching-allocator
+//! statistics, so it is `null` there.
+
+use crate::context::Context;
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+/// File name of the summary in `AR_OUT`.
+pub const SUMMARY_FILE: &str = "train_summary.json";
+
+/// The train phase's summary.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct Summary {
+    /// Optimiser steps done.
+    pub steps: u64,
+    /// Loss of the last step.
+    pub final_loss: f64,
+    /// Peak memory in bytes, where known.
+    pub peak_memory_bytes: Option<u64>,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Wall-clock seconds of the phase so far.
+    pub train_seconds: f64,
+}
+
+/// Maximum resident set size of this process in bytes.
+pub fn max_rss_bytes() -> Option<u64> {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (rc == 0).then(|| usage.ru_maxrss as u64 * 1024) // Linux reports KiB
+}
+
+/// Peak memory of the run on its device (see the module docs).
+pub fn peak_memory_bytes(ctx: &Context) -> Option<u64> {
+    match ctx.device {
+        tch::Device::Cpu => max_rss_bytes(),
+        _ => None,
+    }
+}
+
+/// Writes `train_summary.json` and returns what it wrote.
+pub fn write(ctx: &Context, steps: u64, final_loss: f64) -> Result<Summary> {
+    let s = Summary {
+        steps,
+        final_loss,
+        peak_memory_bytes: peak_memory_bytes(ctx),
+        device: ctx.device_name().to_string(),
+        train_seconds: ctx.elapsed_s(),
+    };
+    let path = ctx.out.join(SUMMARY_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(&s)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(s)
+}
