@@ -83,11 +83,7 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Head::genesis(),
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        Ok(Self {
-            path: path.to_path_buf(),
-            head_path: head_path.to_path_buf(),
-            head: Mutex::new(head),
-        })
+        Ok(Self { path: path.to_path_buf(), head_path: head_path.to_path_buf(), head: Mutex::new(head) })
     }
 
     pub fn head(&self) -> Head {
@@ -153,8 +149,7 @@ pub fn verify(path: &Path, recorded_heads: &[(String, Head)]) -> Result<Verifica
             Ok(rec) if rec.prev != prev => {
                 first_bad.get_or_insert((
                     n,
-                    "previous-line hash does not match: a line before it was edited, removed or reordered"
-                        .to_string(),
+                    "previous-line hash does not match: a line before it was edited, removed or reordered".to_string(),
                 ));
             }
             Ok(_) => {}
@@ -196,9 +191,7 @@ pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("audit line {} is malformed", i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("audit line {} is malformed", i + 1)))
         .collect()
 }
 

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "autoresearch-mcp", version, about = "An MCP tool server for unattended autoresearch on an eCLIP trainer")]
+#[command(
+    name = "autoresearch-mcp",
+    version,
+    about = "An MCP tool server for unattended autoresearch on an eCLIP trainer"
+)]
 pub struct Cli {
     /// The workspace: the repository holding trainer/, program.md and .autoresearch/.
     #[arg(long, short = 'C', global = true, default_value = ".")]
@@ -53,6 +57,21 @@ pub enum Command {
         /// `demo` (default) or `tests` (smaller).
         #[arg(long, default_value = "demo")]
         size: String,
+    },
+    /// Make a fresh experiment workspace (a new git repo) from this repository at DIR, then `init` it.
+    NewWorkspace {
+        dir: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        profile: String,
+        /// ODVG dataset folder (default: the repository's data/synthetic).
+        #[arg(long, default_value = "data/synthetic")]
+        dataset: PathBuf,
+        /// Tag of the experiment branch to create in it.
+        #[arg(long, default_value = "demo")]
+        tag: String,
+        /// Extra `key = value` lines for the [experiment] table (e.g. "budget_seconds = 120").
+        #[arg(long)]
+        experiment: Vec<String>,
     },
     #[command(hide = true)]
     SandboxExec { spec: String },

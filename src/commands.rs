@@ -24,7 +24,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { tag } => init(&paths, &tag),
         Command::Serve => serve(&paths).await,
         Command::Run { description } => run_once(&paths, description).await,
-        Command::Audit { action, tool, outcome, since } => audit_cmd(&paths, action.unwrap_or(AuditAction::List), tool, outcome, since),
+        Command::Audit { action, tool, outcome, since } => {
+            audit_cmd(&paths, action.unwrap_or(AuditAction::List), tool, outcome, since)
+        }
         Command::Report => {
             let ledger = Ledger::open(&paths.ledger())?;
             print!("{}", crate::report::markdown_table(&ledger.runs()));
@@ -46,6 +48,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 s.counts[2],
                 &s.hash[..12]
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NewWorkspace { dir, profile, dataset, tag, experiment } => {
+            let profile: crate::config::Profile = serde_json::from_value(serde_json::Value::String(profile.clone()))
+                .map_err(|_| anyhow::anyhow!("--profile {profile:?}: use tests, cpu or gpu"))?;
+            let scaffold = crate::scaffold::Scaffold {
+                repo: &root,
+                profile,
+                dataset,
+                experiment_extra: experiment.join("\n"),
+                server_bin: std::env::current_exe()?,
+            };
+            let ws = scaffold.create(&dir)?;
+            init(&Paths::new(&ws), &tag)?;
+            println!("{}", ws.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::SandboxExec { .. } => unreachable!("handled in main before the runtime starts"),
@@ -92,10 +109,11 @@ async fn serve(paths: &Paths) -> Result<ExitCode> {
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term, mut hup) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => return std::future::pending().await,
-    };
+    let (mut int, mut term, mut hup) =
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => return std::future::pending().await,
+        };
     tokio::select! {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
@@ -125,14 +143,25 @@ async fn run_once(paths: &Paths, description: String) -> Result<ExitCode> {
     Ok(if reply.is_error() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn audit_cmd(paths: &Paths, action: AuditAction, tool: Option<String>, outcome: Option<String>, since: Option<String>) -> Result<ExitCode> {
+fn audit_cmd(
+    paths: &Paths,
+    action: AuditAction,
+    tool: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+) -> Result<ExitCode> {
     match action {
         AuditAction::Verify => {
             let heads = recorded_heads(paths)?;
             let v = audit::verify(&paths.audit(), &heads)?;
             match &v.first_bad {
                 None => {
-                    println!("audit log OK: {} lines, head {}, {} recorded heads match", v.lines, &v.head.hash[..16], heads.len());
+                    println!(
+                        "audit log OK: {} lines, head {}, {} recorded heads match",
+                        v.lines,
+                        &v.head.hash[..16],
+                        heads.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Some((line, why)) => {

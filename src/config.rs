@@ -32,7 +32,7 @@ impl Profile {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub experiment: ExperimentConfig,
@@ -79,16 +79,6 @@ pub struct SandboxConfig {
     pub log_cap_bytes: u64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            experiment: ExperimentConfig::default(),
-            data: DataConfig::default(),
-            sandbox: SandboxConfig::default(),
-        }
-    }
-}
-
 impl Default for ExperimentConfig {
     fn default() -> Self {
         Self {
@@ -106,20 +96,13 @@ impl Default for ExperimentConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            dataset: PathBuf::from("data/synthetic"),
-            tokenizer: PathBuf::new(),
-        }
+        Self { dataset: PathBuf::from("data/synthetic"), tokenizer: PathBuf::new() }
     }
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self {
-            backend: "local".into(),
-            trainer_target_dir: PathBuf::new(),
-            log_cap_bytes: 8 << 20,
-        }
+        Self { backend: "local".into(), trainer_target_dir: PathBuf::new(), log_cap_bytes: 8 << 20 }
     }
 }
 
@@ -131,19 +114,14 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        let cfg: Config =
-            toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("invalid {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        cfg.validate().with_context(|| format!("invalid {}", path.display()))?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<()> {
         if self.sandbox.backend != "local" {
-            bail!(
-                "sandbox.backend = {:?}: only \"local\" is available in this version",
-                self.sandbox.backend
-            );
+            bail!("sandbox.backend = {:?}: only \"local\" is available in this version", self.sandbox.backend);
         }
         if !matches!(self.experiment.device.as_str(), "auto" | "cpu" | "cuda") {
             bail!("experiment.device must be auto, cpu or cuda");

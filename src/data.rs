@@ -125,12 +125,7 @@ pub fn finish(dir: &Path) -> Result<Prepared> {
     std::fs::create_dir_all(dir.join("phase"))?;
     std::fs::create_dir_all(dir.join("private"))?;
     write_shuffled(&st, &["images"], &image_order, &dir.join("phase/val_images.safetensors"))?;
-    write_shuffled(
-        &st,
-        &["caption_ids", "caption_mask"],
-        &text_order,
-        &dir.join("phase/val_texts.safetensors"),
-    )?;
+    write_shuffled(&st, &["caption_ids", "caption_mask"], &text_order, &dir.join("phase/val_texts.safetensors"))?;
     let pairing = Pairing { image_order, text_order };
     write_atomic(&dir.join("private/pairing.json"), serde_json::to_string(&pairing)?.as_bytes())?;
     let mut h = Sha256::new();

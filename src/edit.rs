@@ -14,7 +14,9 @@ pub enum EditError {
     EmptyOld,
     #[error("insert_line {line} is past the end of the file ({len} lines); use 0..={len}")]
     LineOutOfRange { line: usize, len: usize },
-    #[error("view_range {start}..{end} is invalid for a file of {len} lines (1-based, inclusive, end -1 means last line)")]
+    #[error(
+        "view_range {start}..{end} is invalid for a file of {len} lines (1-based, inclusive, end -1 means last line)"
+    )]
     BadRange { start: i64, end: i64, len: usize },
     #[error("the edit would make train.rs {0} bytes, over the {MAX_FILE_BYTES}-byte cap")]
     TooLarge(usize),
@@ -129,10 +131,7 @@ mod tests {
     fn replace_needs_exactly_one_match() {
         assert_eq!(str_replace(T, "c\n", "C\n").unwrap(), "a\nb\nC\nb\n");
         assert_eq!(str_replace(T, "zzz", "y"), Err(EditError::NotFound));
-        assert_eq!(
-            str_replace(T, "b", "y"),
-            Err(EditError::NotUnique { count: 2, lines: "2, 4".into() })
-        );
+        assert_eq!(str_replace(T, "b", "y"), Err(EditError::NotUnique { count: 2, lines: "2, 4".into() }));
         assert_eq!(str_replace(T, "", "y"), Err(EditError::EmptyOld));
         assert_eq!(str_replace(T, "a", "\u{0}"), Err(EditError::ControlChar(0)));
     }

@@ -40,19 +40,12 @@ impl Toolchain {
         let rustup_home = std::env::var_os("RUSTUP_HOME")
             .map(PathBuf::from)
             .or_else(|| Some(home.join(".rustup")).filter(|p| p.exists()));
-        Ok(Self {
-            cargo,
-            cargo_home,
-            rustup_home,
-            rustup_toolchain: std::env::var("RUSTUP_TOOLCHAIN").ok(),
-        })
+        Ok(Self { cargo, cargo_home, rustup_home, rustup_toolchain: std::env::var("RUSTUP_TOOLCHAIN").ok() })
     }
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// What an experiment produced, for the ledger and for the agent.
@@ -138,7 +131,17 @@ impl Runner {
         })
     }
 
-    fn job(&self, phase: &str, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>, dir: &Path, timeout: Duration, max_file: u64) -> Job {
+    /// A job in `dir` (its cwd and scratch); `limits` = (wall-clock limit, largest file it may write).
+    fn job(
+        &self,
+        phase: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        dir: &Path,
+        limits: (Duration, u64),
+    ) -> Job {
+        let (timeout, max_file) = limits;
         let mut full = vec![
             ("HOME".into(), dir.join("home").display().to_string()),
             ("TMPDIR".into(), dir.join("tmp").display().to_string()),
@@ -168,7 +171,10 @@ impl Runner {
         let tc = &self.toolchain;
         let cargo_dir = tc.cargo.parent().unwrap_or(Path::new("/usr/bin"));
         let mut env = vec![
-            ("PATH".into(), format!("{}:{}:/usr/local/bin:/usr/bin:/bin", self.pyenv.bin().display(), cargo_dir.display())),
+            (
+                "PATH".into(),
+                format!("{}:{}:/usr/local/bin:/usr/bin:/bin", self.pyenv.bin().display(), cargo_dir.display()),
+            ),
             ("CARGO_HOME".into(), tc.cargo_home.display().to_string()),
             ("CARGO_TARGET_DIR".into(), self.target_dir().display().to_string()),
             ("CARGO_TERM_COLOR".into(), "never".into()),
@@ -186,7 +192,7 @@ impl Runner {
             .chain([self.paths.trainer().join("Cargo.toml").display().to_string()])
             .collect();
         let timeout = Duration::from_secs(self.config.experiment.build_timeout_seconds);
-        let job = self.job("build", tc.cargo.clone(), args, env, dir, timeout, 8 << 30);
+        let job = self.job("build", tc.cargo.clone(), args, env, dir, (timeout, 8 << 30));
         self.sandbox.run(&job, cancel).await
     }
 
@@ -218,7 +224,11 @@ impl Runner {
         std::fs::create_dir_all(&work)?;
         let build = self.build("prepare", &work.join("build"), cancel).await?;
         if !build.success() {
-            bail!("building the trainer's prepare tool {}:\n{}", build.describe(), fenced_tail("build log", &build.tail));
+            bail!(
+                "building the trainer's prepare tool {}:\n{}",
+                build.describe(),
+                fenced_tail("build log", &build.tail)
+            );
         }
         let tokenizer = if self.config.data.tokenizer.as_os_str().is_empty() {
             self.pyenv.minilm_tokenizer()?
@@ -228,25 +238,41 @@ impl Runner {
         let out = dir.join("prepared");
         std::fs::create_dir_all(&out)?;
         let args = vec![
-            "--dataset".into(), self.dataset().display().to_string(),
-            "--profile".into(), self.config.experiment.profile.as_str().into(),
-            "--tokenizer".into(), tokenizer.display().to_string(),
-            "--out".into(), out.display().to_string(),
+            "--dataset".into(),
+            self.dataset().display().to_string(),
+            "--profile".into(),
+            self.config.experiment.profile.as_str().into(),
+            "--tokenizer".into(),
+            tokenizer.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
         ];
         let torch_lib = self.pyenv.torch_lib()?.display().to_string();
         let env = vec![("PATH".into(), "/usr/bin:/bin".into()), ("LD_LIBRARY_PATH".into(), torch_lib)];
         let pdir = work.join("prepare");
         std::fs::create_dir_all(&pdir)?;
-        let job = self.job("prepare", self.binary("prepare"), args, env, &pdir, Duration::from_secs(3600), 32 << 30);
+        let job = self.job("prepare", self.binary("prepare"), args, env, &pdir, (Duration::from_secs(3600), 32 << 30));
         let run = self.sandbox.run(&job, cancel).await?;
         if !run.success() {
-            bail!("preparing {} {}:\n{}", self.dataset().display(), run.describe(), fenced_tail("prepare log", &run.tail));
+            bail!(
+                "preparing {} {}:\n{}",
+                self.dataset().display(),
+                run.describe(),
+                fenced_tail("prepare log", &run.tail)
+            );
         }
         data::finish(&dir)
     }
 
     /// Build, train, embed, score. `run_dir` exists and holds the train.rs snapshot.
-    pub async fn experiment(&self, run_dir: &Path, data: &Prepared, seed: u64, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Outcome {
+    pub async fn experiment(
+        &self,
+        run_dir: &Path,
+        data: &Prepared,
+        seed: u64,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Outcome {
         let start = Instant::now();
         let mut o = Outcome {
             status: RunStatus::Ok,
@@ -266,7 +292,15 @@ impl Runner {
         o
     }
 
-    async fn phases(&self, run_dir: &Path, data: &Prepared, seed: u64, cancel: &CancellationToken, phase: &watch::Sender<String>, o: &mut Outcome) -> Result<()> {
+    async fn phases(
+        &self,
+        run_dir: &Path,
+        data: &Prepared,
+        seed: u64,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+        o: &mut Outcome,
+    ) -> Result<()> {
         // 1. Build.
         let _ = phase.send("building the trainer".into());
         let build = self.build("train", &run_dir.join("build"), cancel).await?;
@@ -289,7 +323,14 @@ impl Runner {
         std::fs::create_dir_all(&out)?;
         let budget = self.config.budget_seconds();
         let limit = Duration::from_secs(budget + self.config.experiment.grace_seconds);
-        let job = self.job("train", self.binary("train"), vec![], self.run_env("train", &data.train_file(), &out, seed), &out, limit, 16 << 30);
+        let job = self.job(
+            "train",
+            self.binary("train"),
+            vec![],
+            self.run_env("train", &data.train_file(), &out, seed),
+            &out,
+            (limit, 16 << 30),
+        );
         let train = self.sandbox.run(&job, cancel).await?;
         o.phases.train = Some(train.wall.as_secs_f64());
         o.overran = train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
@@ -314,7 +355,9 @@ impl Runner {
         let ckpt = out.join("checkpoint.safetensors");
         if std::fs::symlink_metadata(&ckpt).map(|m| !m.file_type().is_file()).unwrap_or(true) {
             o.status = RunStatus::Crashed;
-            o.message = Some("train.rs exited without writing checkpoint.safetensors (a regular file) through the harness".into());
+            o.message = Some(
+                "train.rs exited without writing checkpoint.safetensors (a regular file) through the harness".into(),
+            );
             return Ok(());
         }
 
@@ -327,14 +370,21 @@ impl Runner {
             let mut env = self.run_env(name, &input, &dir, seed);
             env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
             let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
-            let job = self.job(name, self.binary("train"), vec![], env, &dir, t, 4 << 30);
+            let job = self.job(name, self.binary("train"), vec![], env, &dir, (t, 4 << 30));
             let r = self.sandbox.run(&job, cancel).await?;
             let secs = Some(r.wall.as_secs_f64());
-            if name == "embed-images" { o.phases.embed_images = secs } else { o.phases.embed_texts = secs }
+            if name == "embed-images" {
+                o.phases.embed_images = secs
+            } else {
+                o.phases.embed_texts = secs
+            }
             if let Some(stop) = stopped(&r, name, RunStatus::Crashed) {
                 o.status = stop;
                 // Only the status: embed output could carry validation data.
-                o.message = Some(format!("{name} {}; its output is withheld (it may contain validation data). Check encode_image/encode_text in train.rs.", r.describe()));
+                o.message = Some(format!(
+                    "{name} {}; its output is withheld (it may contain validation data). Check encode_image/encode_text in train.rs.",
+                    r.describe()
+                ));
                 return Ok(());
             }
             files.push(dir.join("embeddings.safetensors"));
@@ -379,6 +429,9 @@ fn read_reported(path: &Path) -> Reported {
         steps: v.get("steps").and_then(|x| x.as_u64()),
         final_loss: v.get("final_loss").and_then(|x| x.as_f64()),
         peak_memory_bytes: v.get("peak_memory_bytes").and_then(|x| x.as_u64()),
-        device: v.get("device").and_then(|x| x.as_str()).map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ':').take(16).collect()),
+        device: v
+            .get("device")
+            .and_then(|x| x.as_str())
+            .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ':').take(16).collect()),
     }
 }

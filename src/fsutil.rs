@@ -24,9 +24,7 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
         bail!("{} is {} bytes, over the cap of {cap}", path.display(), meta.len());
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("read {}", path.display()))?;
+    file.take(cap + 1).read_to_end(&mut buf).with_context(|| format!("read {}", path.display()))?;
     if buf.len() as u64 > cap {
         bail!("{} grew over the cap of {cap} bytes while being read", path.display());
     }
@@ -84,10 +82,7 @@ pub fn one_line(s: &str, max: usize) -> std::result::Result<String, String> {
         return Err("description is empty".into());
     }
     if let Some(c) = t.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "description contains a control character (U+{:04X}); use one plain line",
-            c as u32
-        ));
+        return Err(format!("description contains a control character (U+{:04X}); use one plain line", c as u32));
     }
     if t.chars().count() > max {
         return Err(format!("description is longer than {max} characters; shorten it"));

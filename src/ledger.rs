@@ -34,8 +34,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// A short id for tables: the first 8 hex digits of the fingerprint's hash.
     pub fn short(&self) -> String {
-        crate::fsutil::sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())[..8]
-            .to_string()
+        crate::fsutil::sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())[..8].to_string()
     }
 }
 
@@ -269,8 +268,7 @@ impl Ledger {
 pub fn reference_run<'a>(runs: &'a [Run], fp: &Fingerprint, baseline_hash: &str) -> Option<&'a Run> {
     let comparable = |r: &&Run| r.status == RunStatus::Ok && &r.fingerprint == fp && !r.overran;
     let best_of = |it: Vec<&'a Run>| {
-        it.into_iter()
-            .min_by(|a, b| a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX)))
+        it.into_iter().min_by(|a, b| a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX)))
     };
     best_of(runs.iter().filter(comparable).filter(|r| r.kept).collect())
         .or_else(|| best_of(runs.iter().filter(comparable).filter(|r| r.train_hash == baseline_hash).collect()))

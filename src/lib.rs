@@ -28,6 +28,7 @@ pub mod paths;
 pub mod pyenv;
 pub mod report;
 pub mod sandbox;
+pub mod scaffold;
 pub mod score;
 pub mod server;
 pub mod service;

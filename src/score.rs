@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use safetensors::{Dtype, SafeTensors};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use safetensors::{Dtype, SafeTensors};
 
 use crate::fsutil::read_capped;
 
@@ -63,9 +63,7 @@ pub fn load_embeddings(path: &Path, which: &'static str, n: usize) -> Result<Emb
 pub fn parse_embeddings(bytes: &[u8], which: &'static str, n: usize) -> Result<Embeddings, InvalidEmbeddings> {
     let bad = |why: String| InvalidEmbeddings::Bad { which, why };
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let t = st
-        .tensor("embeddings")
-        .map_err(|_| bad("no tensor named `embeddings`".into()))?;
+    let t = st.tensor("embeddings").map_err(|_| bad("no tensor named `embeddings`".into()))?;
     if t.dtype() != Dtype::F32 {
         return Err(bad(format!("dtype {:?}, expected F32", t.dtype())));
     }
@@ -74,11 +72,7 @@ pub fn parse_embeddings(bytes: &[u8], which: &'static str, n: usize) -> Result<E
         return Err(bad(format!("shape {shape:?}, expected ({n}, D) with 1 <= D <= {MAX_DIM}")));
     }
     let d = shape[1];
-    let data: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let emb = Embeddings { n, d, data };
     emb.check(which)?;
     Ok(emb)
@@ -138,12 +132,10 @@ pub fn score(img: &Embeddings, txt: &Embeddings) -> Result<Metrics, InvalidEmbed
             sim[i * n + j] = ai.iter().zip(bj).map(|(x, y)| x * y).sum();
         }
     }
-    let i2t: Vec<usize> = (0..n)
-        .map(|i| (0..n).filter(|&j| j != i && sim[i * n + j] >= sim[i * n + i]).count())
-        .collect();
-    let t2i: Vec<usize> = (0..n)
-        .map(|i| (0..n).filter(|&j| j != i && sim[j * n + i] >= sim[i * n + i]).count())
-        .collect();
+    let i2t: Vec<usize> =
+        (0..n).map(|i| (0..n).filter(|&j| j != i && sim[i * n + j] >= sim[i * n + i]).count()).collect();
+    let t2i: Vec<usize> =
+        (0..n).map(|i| (0..n).filter(|&j| j != i && sim[j * n + i] >= sim[i * n + i]).count()).collect();
     let mean = |r: &[usize]| r.iter().sum::<usize>() as f64 / n as f64;
     let recall = |r: &[usize], k: usize| 100.0 * r.iter().filter(|&&x| x < k).count() as f64 / n as f64;
     let (mi, mt) = (mean(&i2t), mean(&t2i));
@@ -247,7 +239,11 @@ mod tests {
         assert!(parse_embeddings(b"metrics: mean_rank 0.0", "image", 10).is_err());
         let bytes: Vec<u8> = vec![0u8; 40];
         let v = safetensors::tensor::TensorView::new(Dtype::F64, vec![10, 1], &bytes[..80.min(bytes.len())]);
-        assert!(v.is_err() || parse_embeddings(&safetensors::serialize([("embeddings", v.unwrap())], None).unwrap(), "image", 10).is_err());
+        assert!(
+            v.is_err()
+                || parse_embeddings(&safetensors::serialize([("embeddings", v.unwrap())], None).unwrap(), "image", 10)
+                    .is_err()
+        );
     }
 
     #[test]

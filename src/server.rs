@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, RequestMetaObject, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    ServerConfig,
+};
 use rmcp::{Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{CommitArgs, EditTrainArgs, MetricsView, ReadMetricsArgs, Reply, RevertArgs, RunExperimentArgs, ScratchpadArgs, Service};
+use crate::service::{
+    CommitArgs, EditTrainArgs, MetricsView, ReadMetricsArgs, Reply, RevertArgs, RunExperimentArgs, ScratchpadArgs,
+    Service,
+};
 
 /// How often a long call reports progress (Claude Code resets its idle timer on each notification).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -30,7 +36,11 @@ impl AutoresearchServer {
 }
 
 fn to_result(r: Reply) -> CallToolResult {
-    let mut res = if r.is_error() { CallToolResult::error(vec![ContentBlock::text(r.text)]) } else { CallToolResult::success(vec![ContentBlock::text(r.text)]) };
+    let mut res = if r.is_error() {
+        CallToolResult::error(vec![ContentBlock::text(r.text)])
+    } else {
+        CallToolResult::success(vec![ContentBlock::text(r.text)])
+    };
     res.structured_content = r.structured;
     res
 }
@@ -112,7 +122,8 @@ async fn report_progress(peer: Peer<RoleServer>, token: rmcp::model::ProgressTok
     loop {
         let phase = rx.borrow_and_update().clone();
         let elapsed = start.elapsed().as_secs_f64();
-        let note = ProgressNotificationParam::new(token.clone(), elapsed.floor()).with_message(format!("{phase} ({elapsed:.0} s elapsed)"));
+        let note = ProgressNotificationParam::new(token.clone(), elapsed.floor())
+            .with_message(format!("{phase} ({elapsed:.0} s elapsed)"));
         if peer.notify_progress(note).await.is_err() {
             return;
         }

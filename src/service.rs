@@ -262,9 +262,8 @@ impl Service {
     }
 
     pub fn instructions(&self) -> String {
-        std::fs::read_to_string(self.paths.program_md()).unwrap_or_else(|_| {
-            "Run the autoresearch loop on trainer/src/train.rs with the six tools.".into()
-        })
+        std::fs::read_to_string(self.paths.program_md())
+            .unwrap_or_else(|_| "Run the autoresearch loop on trainer/src/train.rs with the six tools.".into())
     }
 
     fn train_hash(&self) -> Option<String> {
@@ -315,25 +314,31 @@ impl Service {
     }
 
     fn edit_inner(&self, a: &EditTrainArgs) -> Reply {
-        if let Some(p) = a.path.as_deref() {
-            if !matches!(p, "trainer/src/train.rs" | "train.rs" | "src/train.rs" | "./trainer/src/train.rs") {
-                return Reply::refused(format!(
-                    "refused: only trainer/src/train.rs can be edited, not {p:?}. The harness, data and server are fixed."
-                ));
-            }
+        if let Some(p) = a.path.as_deref()
+            && !matches!(p, "trainer/src/train.rs" | "train.rs" | "src/train.rs" | "./trainer/src/train.rs")
+        {
+            return Reply::refused(format!(
+                "refused: only trainer/src/train.rs can be edited, not {p:?}. The harness, data and server are fixed."
+            ));
         }
-        if a.command != EditCommand::View {
-            if let Some(id) = self.run_in_flight() {
-                return Reply::refused(format!("refused: run {id} is in flight; edit after it finishes"));
-            }
+        if a.command != EditCommand::View
+            && let Some(id) = self.run_in_flight()
+        {
+            return Reply::refused(format!("refused: run {id} is in flight; edit after it finishes"));
         }
         let ws = self.ws.lock().unwrap();
         let text = match ws.read_train().map(String::from_utf8) {
-            Err(e) => return Reply::refused(format!("refused: cannot read train.rs safely: {e:#}. `revert` restores the kept version.")),
-            Ok(Err(e)) => return Reply::refused(format!(
-                "refused: train.rs is not valid UTF-8 (at byte {}); `revert` restores the kept version",
-                e.utf8_error().valid_up_to()
-            )),
+            Err(e) => {
+                return Reply::refused(format!(
+                    "refused: cannot read train.rs safely: {e:#}. `revert` restores the kept version."
+                ));
+            }
+            Ok(Err(e)) => {
+                return Reply::refused(format!(
+                    "refused: train.rs is not valid UTF-8 (at byte {}); `revert` restores the kept version",
+                    e.utf8_error().valid_up_to()
+                ));
+            }
             Ok(Ok(t)) => t,
         };
         let edit_err = |e: EditError| Reply::refused(format!("refused: {e}"));
@@ -397,7 +402,13 @@ impl Service {
     }
 
     /// Runs one experiment. `cancel` is the request's token; `phase` receives progress labels.
-    pub async fn run_experiment(&self, args: RunExperimentArgs, via: &str, cancel: CancellationToken, phase: watch::Sender<String>) -> Reply {
+    pub async fn run_experiment(
+        &self,
+        args: RunExperimentArgs,
+        via: &str,
+        cancel: CancellationToken,
+        phase: watch::Sender<String>,
+    ) -> Reply {
         let start = Instant::now();
         let before = self.train_hash();
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
@@ -406,7 +417,12 @@ impl Service {
         reply
     }
 
-    async fn run_inner(&self, args: &RunExperimentArgs, request_cancel: CancellationToken, phase: &watch::Sender<String>) -> Reply {
+    async fn run_inner(
+        &self,
+        args: &RunExperimentArgs,
+        request_cancel: CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Reply {
         let description = match one_line(&args.description, MAX_DESCRIPTION) {
             Ok(d) => d,
             Err(e) => return Reply::refused(format!("refused: {e}")),
@@ -437,7 +453,13 @@ impl Service {
         reply
     }
 
-    async fn run_claimed(&self, run_id: &str, description: &str, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Reply {
+    async fn run_claimed(
+        &self,
+        run_id: &str,
+        description: &str,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Reply {
         match free_bytes(&self.paths.root) {
             Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
                 return Reply::refused(format!(
@@ -453,7 +475,10 @@ impl Service {
             Err(e) => return Reply::error(format!("the server cannot run experiments here: {e:#}")),
         };
         if let Err(e) = runner.sandbox.check() {
-            return Reply::refused(format!("refused: the {} sandbox cannot isolate a run here: {e:#}", runner.sandbox.name()));
+            return Reply::refused(format!(
+                "refused: the {} sandbox cannot isolate a run here: {e:#}",
+                runner.sandbox.name()
+            ));
         }
         // Snapshot train.rs; edits are refused from now until the run ends.
         let (snapshot, kept) = {
@@ -465,7 +490,11 @@ impl Service {
         };
         let data = match runner.ensure_data(cancel, phase).await {
             Ok(d) => d,
-            Err(e) => return Reply::error(format!("data preparation failed (not a problem of train.rs; tell the operator): {e:#}")),
+            Err(e) => {
+                return Reply::error(format!(
+                    "data preparation failed (not a problem of train.rs; tell the operator): {e:#}"
+                ));
+            }
         };
         let fingerprint = match runner.fingerprint(&data) {
             Ok(f) => f,
@@ -509,7 +538,10 @@ impl Service {
         let outcome = runner.experiment(&run_dir, &data, seed, cancel, phase).await;
 
         if let Some(m) = &outcome.metrics {
-            let _ = write_atomic(&run_dir.join("metrics.json"), serde_json::to_string_pretty(m).unwrap_or_default().as_bytes());
+            let _ = write_atomic(
+                &run_dir.join("metrics.json"),
+                serde_json::to_string_pretty(m).unwrap_or_default().as_bytes(),
+            );
         }
         let finished = Event::Finished {
             run_id: run_id.into(),
@@ -571,7 +603,8 @@ impl Service {
         let (best_kept, baseline, noise_floor) = match &current_fp {
             None => (None, None, None),
             Some(fp) => {
-                let same: Vec<&Run> = runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
+                let same: Vec<&Run> =
+                    runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
                 let best = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
                 let base: Vec<&&Run> = same.iter().filter(|r| r.train_hash == self.state.baseline_train_hash).collect();
                 let baseline = base.iter().min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(**r));
@@ -622,8 +655,11 @@ impl Service {
         let Some(latest_fp) = runs.last().map(|r| r.fingerprint.clone()) else {
             return Reply::refused("refused: no run has been recorded yet; run_experiment first");
         };
-        let candidates: Vec<&Run> = runs.iter().filter(|r| r.train_hash == hash && r.fingerprint == latest_fp).collect();
-        let Some(run) = candidates.iter().filter(|r| r.status == RunStatus::Ok && !r.overran).min_by(|a, b| cmp_rank(a, b)) else {
+        let candidates: Vec<&Run> =
+            runs.iter().filter(|r| r.train_hash == hash && r.fingerprint == latest_fp).collect();
+        let Some(run) =
+            candidates.iter().filter(|r| r.status == RunStatus::Ok && !r.overran).min_by(|a, b| cmp_rank(a, b))
+        else {
             let why = if candidates.iter().any(|r| r.overran) {
                 "its only successful runs overran the time budget"
             } else if candidates.is_empty() {
@@ -631,7 +667,9 @@ impl Service {
             } else {
                 "none of its runs succeeded"
             };
-            return Reply::refused(format!("refused: cannot commit this train.rs: {why}. run_experiment first, or revert."));
+            return Reply::refused(format!(
+                "refused: cannot commit this train.rs: {why}. run_experiment first, or revert."
+            ));
         };
         let m = run.metrics.clone().expect("ok runs have metrics");
         let others: Vec<Run> = runs.iter().filter(|r| r.id != run.id).cloned().collect();
@@ -642,17 +680,32 @@ impl Service {
         let head = self.audit.head();
         let message = format!(
             "exp {}: mean_rank {:.2} ({delta}) | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\nAudit-Head: {}\nAudit-Lines: {}\n",
-            run.id, m.mean_rank, run.id, latest_fp.short(), head.hash, head.lines
+            run.id,
+            m.mean_rank,
+            run.id,
+            latest_fp.short(),
+            head.hash,
+            head.lines
         );
         let commit = match ws.commit_train(&current, &message) {
             Ok(c) => c,
             Err(e) => return Reply::error(format!("git commit failed: {e:#}")),
         };
         let run_id = run.id.clone();
-        if let Err(e) = ledger.append(Event::Kept { run_id: run_id.clone(), at: Utc::now(), commit: commit.clone(), train_hash: hash, audit: head }) {
+        if let Err(e) = ledger.append(Event::Kept {
+            run_id: run_id.clone(),
+            at: Utc::now(),
+            commit: commit.clone(),
+            train_hash: hash,
+            audit: head,
+        }) {
             return Reply::error(format!("committed {commit} but cannot write the ledger: {e:#}"));
         }
-        let mut r = Reply::ok(format!("kept run {run_id} as commit {}:\n{}", &commit[..10], message.lines().next().unwrap_or("")));
+        let mut r = Reply::ok(format!(
+            "kept run {run_id} as commit {}:\n{}",
+            &commit[..10],
+            message.lines().next().unwrap_or("")
+        ));
         r.run_id = Some(run_id);
         r
     }
@@ -665,10 +718,10 @@ impl Service {
     }
 
     fn revert_inner(&self, args: &RevertArgs) -> Reply {
-        if let Some(r) = &args.reason {
-            if let Err(e) = one_line(r, MAX_DESCRIPTION) {
-                return Reply::refused(format!("refused: reason: {e}"));
-            }
+        if let Some(r) = &args.reason
+            && let Err(e) = one_line(r, MAX_DESCRIPTION)
+        {
+            return Reply::refused(format!("refused: reason: {e}"));
         }
         if let Some(id) = self.run_in_flight() {
             return Reply::refused(format!("refused: run {id} is in flight; revert after it finishes"));
@@ -686,7 +739,9 @@ impl Service {
         let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&current));
         let hash = sha256_hex(&current);
         let file = self.paths.reverts().join(format!("{}-{}.diff", Utc::now().format("%Y%m%dT%H%M%S%.3f"), &hash[..8]));
-        let saved = std::fs::create_dir_all(self.paths.reverts()).map_err(anyhow::Error::from).and_then(|_| write_atomic(&file, diff.as_bytes()));
+        let saved = std::fs::create_dir_all(self.paths.reverts())
+            .map_err(anyhow::Error::from)
+            .and_then(|_| write_atomic(&file, diff.as_bytes()));
         if let Err(e) = saved {
             return Reply::error(format!("cannot save the discarded diff, nothing reverted: {e:#}"));
         }
@@ -695,7 +750,12 @@ impl Service {
         if let Err(e) = write_atomic(&self.paths.train_rs(), &kept) {
             return Reply::error(format!("cannot restore train.rs: {e:#}"));
         }
-        let ev = Event::Reverted { at: Utc::now(), train_hash: hash, diff_file: self.paths.relative(&file).to_path_buf(), audit: self.audit.head() };
+        let ev = Event::Reverted {
+            at: Utc::now(),
+            train_hash: hash,
+            diff_file: self.paths.relative(&file).to_path_buf(),
+            audit: self.audit.head(),
+        };
         if let Err(e) = self.ledger.lock().unwrap().append(ev) {
             return Reply::error(format!("reverted, but cannot write the ledger: {e:#}"));
         }
@@ -715,10 +775,16 @@ impl Service {
                 return Reply::refused("refused: the entry is empty");
             }
             if entry.len() > MAX_SCRATCHPAD_ENTRY {
-                return Reply::refused(format!("refused: the entry is {} bytes, over the {MAX_SCRATCHPAD_ENTRY}-byte cap; split or shorten it", entry.len()));
+                return Reply::refused(format!(
+                    "refused: the entry is {} bytes, over the {MAX_SCRATCHPAD_ENTRY}-byte cap; split or shorten it",
+                    entry.len()
+                ));
             }
             if let Some(c) = entry.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
-                return Reply::refused(format!("refused: the entry contains a control character (U+{:04X}); use plain text", c as u32));
+                return Reply::refused(format!(
+                    "refused: the entry contains a control character (U+{:04X}); use plain text",
+                    c as u32
+                ));
             }
             let block = format!("\n## {}\n{}\n", Utc::now().format("%Y-%m-%d %H:%M:%S UTC"), entry);
             let res = open_append(&self.paths.scratchpad()).and_then(|mut f| {
@@ -749,15 +815,15 @@ pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
     for (i, ev) in ledger.events().iter().enumerate() {
         heads.push((format!("runs.jsonl line {}", i + 1), ev.audit_head().clone()));
     }
-    if let Ok(ws) = Workspace::open(&paths.root) {
-        if let Ok(state) = ws.state() {
-            for (id, msg) in ws.commit_messages_since(&state.baseline_commit).unwrap_or_default() {
-                let get = |k: &str| msg.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
-                if let (Some(hash), Some(lines)) = (get("Audit-Head:"), get("Audit-Lines:")) {
-                    if let Ok(lines) = lines.parse() {
-                        heads.push((format!("commit {}", &id[..10]), Head { hash, lines }));
-                    }
-                }
+    if let Ok(ws) = Workspace::open(&paths.root)
+        && let Ok(state) = ws.state()
+    {
+        for (id, msg) in ws.commit_messages_since(&state.baseline_commit).unwrap_or_default() {
+            let get = |k: &str| msg.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+            if let (Some(hash), Some(lines)) = (get("Audit-Head:"), get("Audit-Lines:"))
+                && let Ok(lines) = lines.parse()
+            {
+                heads.push((format!("commit {}", &id[..10]), Head { hash, lines }));
             }
         }
     }
@@ -816,7 +882,10 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
     let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     match &o.metrics {
         Some(m) => {
-            t.push_str(&format!("run {run_id} {status}: mean rank {:.2} (random would be {:.1}, N = {})", m.mean_rank, m.random_mean_rank, m.n));
+            t.push_str(&format!(
+                "run {run_id} {status}: mean rank {:.2} (random would be {:.1}, N = {})",
+                m.mean_rank, m.random_mean_rank, m.n
+            ));
             match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
                 Some((r, b)) => t.push_str(&format!(
                     ", delta {:+.2} vs {} {} ({:.2}); lower is better\n",
@@ -889,7 +958,11 @@ pub fn render_view(v: &MetricsView) -> String {
     if let Some(f) = &v.in_flight {
         t.push_str(&format!("in flight: {f}\n"));
     }
-    t.push_str(&format!("{} of {} runs:\nid    status         mean_rank  time  description\n", v.runs.len(), v.total_runs));
+    t.push_str(&format!(
+        "{} of {} runs:\nid    status         mean_rank  time  description\n",
+        v.runs.len(),
+        v.total_runs
+    ));
     for r in &v.runs {
         t.push_str(&line(r));
     }

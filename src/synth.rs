@@ -64,22 +64,12 @@ pub struct SynthSpec {
 impl SynthSpec {
     /// The demo dataset: 3000 / 600 / 600 images (random-retrieval mean rank on val ≈ 300).
     pub fn demo() -> Self {
-        SynthSpec {
-            train: 3000,
-            val: 600,
-            test: 600,
-            seed: 20240601,
-        }
+        SynthSpec { train: 3000, val: 600, test: 600, seed: 20240601 }
     }
 
     /// A smaller dataset for tests: 800 / 200 / 200 images.
     pub fn tests() -> Self {
-        SynthSpec {
-            train: 800,
-            val: 200,
-            test: 200,
-            seed: 7,
-        }
+        SynthSpec { train: 800, val: 200, test: 200, seed: 7 }
     }
 
     fn counts(&self) -> [usize; 3] {
@@ -147,15 +137,8 @@ enum Kind {
     Ring,
 }
 
-const KINDS: [Kind; 7] = [
-    Kind::Circle,
-    Kind::Square,
-    Kind::Triangle,
-    Kind::Diamond,
-    Kind::Star,
-    Kind::Cross,
-    Kind::Ring,
-];
+const KINDS: [Kind; 7] =
+    [Kind::Circle, Kind::Square, Kind::Triangle, Kind::Diamond, Kind::Star, Kind::Cross, Kind::Ring];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -232,14 +215,8 @@ const COLOUR_JITTER: i32 = 10;
 
 /// Muted background colours, each at least 50 per channel (L∞) away from every shape colour.
 /// Backgrounds deviate from these by at most [`BG_DEVIATION`] per channel.
-const BACKGROUNDS: [[u8; 3]; 6] = [
-    [128, 128, 128],
-    [85, 95, 110],
-    [190, 175, 140],
-    [120, 140, 110],
-    [60, 120, 125],
-    [150, 115, 130],
-];
+const BACKGROUNDS: [[u8; 3]; 6] =
+    [[128, 128, 128], [85, 95, 110], [190, 175, 140], [120, 140, 110], [60, 120, 125], [150, 115, 130]];
 const BG_DEVIATION: i32 = 25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,11 +277,7 @@ impl Shape {
             let size = if self.large { "large" } else { "small" };
             format!("a {size} {colour} {noun}")
         } else {
-            let article = if colour.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                "an"
-            } else {
-                "a"
-            };
+            let article = if colour.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
             format!("{article} {colour} {noun}")
         }
     }
@@ -359,18 +332,9 @@ impl Scene {
         let mut out = String::new();
         for (i, rel) in self.relations.iter().enumerate() {
             if i == 0 {
-                out.push_str(&format!(
-                    "{} {} {}",
-                    self.shapes[0].phrase(),
-                    rel.words(),
-                    self.shapes[1].phrase()
-                ));
+                out.push_str(&format!("{} {} {}", self.shapes[0].phrase(), rel.words(), self.shapes[1].phrase()));
             } else {
-                out.push_str(&format!(
-                    ", {} {} it",
-                    self.shapes[i + 1].phrase(),
-                    rel.words()
-                ));
+                out.push_str(&format!(", {} {} it", self.shapes[i + 1].phrase(), rel.words()));
             }
         }
         out
@@ -386,11 +350,7 @@ fn relation(a: &[u32; 4], b: &[u32; 4]) -> Option<Relation> {
         (gap(a[3], b[1]), Relation::Above),
         (gap(b[3], a[1]), Relation::Below),
     ];
-    let (best, rel) = candidates
-        .iter()
-        .copied()
-        .max_by_key(|(g, _)| *g)
-        .expect("four candidates");
+    let (best, rel) = candidates.iter().copied().max_by_key(|(g, _)| *g).expect("four candidates");
     (best >= 2).then_some(rel)
 }
 
@@ -418,11 +378,7 @@ fn draw_scene(rng: &mut ChaCha12Rng) -> Option<Scene> {
             }
         };
         let large = rng.random_bool(0.4);
-        let side = if large {
-            rng.random_range(0.34..0.48)
-        } else {
-            rng.random_range(0.18..0.26)
-        } * short;
+        let side = if large { rng.random_range(0.34..0.48) } else { rng.random_range(0.18..0.26) } * short;
         let r = side / 2.0;
         let say_size = rng.random_bool(0.7);
         let base = COLOURS[colour].1;
@@ -434,17 +390,7 @@ fn draw_scene(rng: &mut ChaCha12Rng) -> Option<Scene> {
         for _ in 0..60 {
             let cx = rng.random_range(r + 1.0..width as f64 - r - 1.0);
             let cy = rng.random_range(r + 1.0..height as f64 - r - 1.0);
-            let shape = Shape {
-                kind,
-                colour,
-                large,
-                say_size,
-                cx,
-                cy,
-                r,
-                rgb,
-                bbox: [0; 4],
-            };
+            let shape = Shape { kind, colour, large, say_size, cx, cy, r, rgb, bbox: [0; 4] };
             let nom = shape.nominal(width, height);
             if nominals.iter().all(|o| boxes_apart(o, &nom, gap)) {
                 placed = Some((shape, nom));
@@ -468,23 +414,10 @@ fn draw_scene(rng: &mut ChaCha12Rng) -> Option<Scene> {
     let bg = BACKGROUNDS[rng.random_range(0..BACKGROUNDS.len())];
     let background = match rng.random_range(0..10) {
         0..4 => Background::Plain,
-        4..7 => Background::Gradient {
-            vertical: rng.random_bool(0.5),
-            flip: rng.random_bool(0.5),
-        },
-        _ => Background::Noise {
-            cell: rng.random_range(6..=20),
-        },
+        4..7 => Background::Gradient { vertical: rng.random_bool(0.5), flip: rng.random_bool(0.5) },
+        _ => Background::Noise { cell: rng.random_range(6..=20) },
     };
-    Some(Scene {
-        width,
-        height,
-        bg,
-        background,
-        noise_seed: rng.random(),
-        shapes,
-        relations,
-    })
+    Some(Scene { width, height, bg, background, noise_seed: rng.random(), shapes, relations })
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -515,18 +448,12 @@ fn render(scene: &Scene) -> RgbImage {
     let mut raw = Vec::with_capacity(stride * h as usize);
     match scene.background {
         Background::Plain => raw = shade(0).repeat(w as usize * h as usize),
-        Background::Gradient {
-            vertical: true,
-            flip,
-        } => {
+        Background::Gradient { vertical: true, flip } => {
             for y in 0..h {
                 raw.extend_from_slice(&shade(ramp(y, h, flip)).repeat(w as usize));
             }
         }
-        Background::Gradient {
-            vertical: false,
-            flip,
-        } => {
+        Background::Gradient { vertical: false, flip } => {
             let row: Vec<u8> = (0..w).flat_map(|x| shade(ramp(x, w, flip))).collect();
             for _ in 0..h {
                 raw.extend_from_slice(&row);
@@ -566,12 +493,7 @@ fn render(scene: &Scene) -> RgbImage {
 fn encode_png(img: &RgbImage) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(img.as_raw().len() / 2);
     PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Sub)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
         .context("encoding PNG")?;
     Ok(buf)
 }
@@ -587,14 +509,7 @@ fn jsonl_line(scene: &Scene, filename: &str, caption: &str) -> anyhow::Result<St
         width: scene.width,
         grounding: Grounding {
             caption,
-            regions: scene
-                .shapes
-                .iter()
-                .map(|s| Region {
-                    bbox: s.bbox,
-                    phrase: s.phrase(),
-                })
-                .collect(),
+            regions: scene.shapes.iter().map(|s| Region { bbox: s.bbox, phrase: s.phrase() }).collect(),
         },
     };
     Ok(serde_json::to_string(&record)?)
@@ -602,10 +517,7 @@ fn jsonl_line(scene: &Scene, filename: &str, caption: &str) -> anyhow::Result<St
 
 /// Renders and writes the images in parallel; returns each image's SHA-256, in order.
 fn write_images(dir: &Path, jobs: &[(String, &Scene)]) -> anyhow::Result<Vec<[u8; 32]>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 16);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 16);
     let chunk = jobs.len().div_ceil(threads).max(1);
     let results: Vec<anyhow::Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
@@ -616,18 +528,14 @@ fn write_images(dir: &Path, jobs: &[(String, &Scene)]) -> anyhow::Result<Vec<[u8
                         .map(|(name, scene)| {
                             let bytes = encode_png(&render(scene))?;
                             let path = dir.join(name);
-                            fs::write(&path, &bytes)
-                                .with_context(|| format!("writing {}", path.display()))?;
+                            fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
                             Ok(Sha256::digest(&bytes).into())
                         })
                         .collect()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("image writer panicked")))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("image writer panicked"))).collect()
     });
     let mut digests = Vec::with_capacity(jobs.len());
     for r in results {
@@ -639,13 +547,9 @@ fn write_images(dir: &Path, jobs: &[(String, &Scene)]) -> anyhow::Result<Vec<[u8
 /// Generates the dataset into `out`, which must not exist or be an empty directory.
 pub fn generate(out: &Path, spec: &SynthSpec) -> anyhow::Result<SynthSummary> {
     if out.exists() {
-        let mut entries =
-            fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
+        let mut entries = fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
         if entries.next().is_some() {
-            bail!(
-                "synth output directory {} is not empty (use ensure to replace it)",
-                out.display()
-            );
+            bail!("synth output directory {} is not empty (use ensure to replace it)", out.display());
         }
     }
     let images = out.join("images");
@@ -686,8 +590,7 @@ pub fn generate(out: &Path, spec: &SynthSpec) -> anyhow::Result<SynthSummary> {
             jobs.push((name, scene));
         }
         let path = out.join(format!("{split}.jsonl"));
-        fs::write(&path, jsonl.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        fs::write(&path, jsonl.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         hasher.update(format!("{split}.jsonl {}\n", jsonl.len()).as_bytes());
         hasher.update(jsonl.as_bytes());
         let digests = write_images(&images, &jobs)?;
@@ -713,11 +616,7 @@ pub fn generate(out: &Path, spec: &SynthSpec) -> anyhow::Result<SynthSummary> {
     let mut f = fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    Ok(SynthSummary {
-        dir: out.to_path_buf(),
-        counts,
-        hash,
-    })
+    Ok(SynthSummary { dir: out.to_path_buf(), counts, hash })
 }
 
 /// The summary of an existing, complete dataset at `out` generated from `spec` by this version
@@ -739,23 +638,13 @@ fn existing(out: &Path, spec: &SynthSpec) -> Option<SynthSummary> {
             }
         }
     }
-    Some(SynthSummary {
-        dir: out.to_path_buf(),
-        counts: m.counts,
-        hash: m.hash,
-    })
+    Some(SynthSummary { dir: out.to_path_buf(), counts: m.counts, hash: m.hash })
 }
 
 fn unique_sibling(out: &Path, tag: &str) -> anyhow::Result<PathBuf> {
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} has no file name", out.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let name =
+        out.file_name().with_context(|| format!("{} has no file name", out.display()))?.to_string_lossy().into_owned();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -808,10 +697,7 @@ pub fn ensure(out: &Path, spec: &SynthSpec) -> anyhow::Result<SynthSummary> {
             let _ = fs::remove_file(&old);
         }
     }
-    Ok(SynthSummary {
-        dir: out.to_path_buf(),
-        ..summary
-    })
+    Ok(SynthSummary { dir: out.to_path_buf(), ..summary })
 }
 
 #[cfg(test)]
@@ -820,12 +706,7 @@ mod tests {
     use serde_json::Value;
 
     fn small() -> SynthSpec {
-        SynthSpec {
-            train: 120,
-            val: 40,
-            test: 40,
-            seed: 11,
-        }
+        SynthSpec { train: 120, val: 40, test: 40, seed: 11 }
     }
 
     fn read_lines(dir: &Path, split: &str) -> Vec<Value> {
@@ -840,19 +721,13 @@ mod tests {
     fn palettes_are_separated() {
         for bg in BACKGROUNDS {
             for (name, c) in COLOURS {
-                let d = (0..3)
-                    .map(|i| (bg[i] as i32 - c[i] as i32).abs())
-                    .max()
-                    .unwrap();
+                let d = (0..3).map(|i| (bg[i] as i32 - c[i] as i32).abs()).max().unwrap();
                 assert!(d >= 50, "background {bg:?} too close to {name}");
             }
         }
         for (i, (a, ca)) in COLOURS.iter().enumerate() {
             for (b, cb) in &COLOURS[i + 1..] {
-                let d = (0..3)
-                    .map(|k| (ca[k] as i32 - cb[k] as i32).abs())
-                    .max()
-                    .unwrap();
+                let d = (0..3).map(|k| (ca[k] as i32 - cb[k] as i32).abs()).max().unwrap();
                 assert!(d >= 60, "{a} too close to {b}");
             }
         }
@@ -880,10 +755,7 @@ mod tests {
                 "{f}"
             );
         }
-        let other = SynthSpec {
-            seed: 12,
-            ..small()
-        };
+        let other = SynthSpec { seed: 12, ..small() };
         let sc = generate(&b.path().join("e"), &other).unwrap();
         assert_ne!(sa.hash, sc.hash);
     }
@@ -910,10 +782,7 @@ mod tests {
                     assert_eq!(caption.matches(p).count(), 1, "{p:?} in {caption:?}");
                     assert!(phrases.insert(p.to_string()));
                 }
-                assert!(
-                    seen.insert(caption.clone()),
-                    "duplicate caption {caption:?}"
-                );
+                assert!(seen.insert(caption.clone()), "duplicate caption {caption:?}");
             }
         }
     }
@@ -923,13 +792,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("d");
         generate(&dir, &small()).unwrap();
-        let colour_of = |phrase: &str| -> [u8; 3] {
-            COLOURS
-                .iter()
-                .find(|(n, _)| phrase.split(' ').any(|w| w == *n))
-                .unwrap()
-                .1
-        };
+        let colour_of =
+            |phrase: &str| -> [u8; 3] { COLOURS.iter().find(|(n, _)| phrase.split(' ').any(|w| w == *n)).unwrap().1 };
         let mut non_square = 0;
         for split in SPLITS {
             for (i, line) in read_lines(&dir, split).into_iter().enumerate() {
@@ -939,16 +803,11 @@ mod tests {
                 assert_eq!(keys, ["filename", "grounding", "height", "width"]);
                 let filename = obj["filename"].as_str().unwrap();
                 assert_eq!(filename, file_name(split, i));
-                let (w, h) = (
-                    obj["width"].as_u64().unwrap() as u32,
-                    obj["height"].as_u64().unwrap() as u32,
-                );
+                let (w, h) = (obj["width"].as_u64().unwrap() as u32, obj["height"].as_u64().unwrap() as u32);
                 if w != h {
                     non_square += 1;
                 }
-                let img = image::open(dir.join("images").join(filename))
-                    .unwrap()
-                    .to_rgb8();
+                let img = image::open(dir.join("images").join(filename)).unwrap().to_rgb8();
                 assert_eq!(img.dimensions(), (w, h));
                 let g = obj["grounding"].as_object().unwrap();
                 let mut gkeys: Vec<_> = g.keys().map(String::as_str).collect();
@@ -957,17 +816,10 @@ mod tests {
                 for r in g["regions"].as_array().unwrap() {
                     assert_eq!(r.as_object().unwrap().len(), 2);
                     let phrase = r["phrase"].as_str().unwrap();
-                    let b: Vec<u32> = r["bbox"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_u64().unwrap() as u32)
-                        .collect();
+                    let b: Vec<u32> =
+                        r["bbox"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
                     assert_eq!(b.len(), 4);
-                    assert!(
-                        b[0] < b[2] && b[2] <= w && b[1] < b[3] && b[3] <= h,
-                        "{b:?}"
-                    );
+                    assert!(b[0] < b[2] && b[2] <= w && b[1] < b[3] && b[3] <= h, "{b:?}");
                     let short = w.min(h) as f64;
                     assert!(
                         (b[2] - b[0]).max(b[3] - b[1]) as f64 >= 0.15 * short,
@@ -980,15 +832,9 @@ mod tests {
                     };
                     // Every edge row/column of the box touches the shape: the box is tight.
                     assert!((b[0]..b[2]).any(|x| is_shape(x, b[1])), "{phrase} top");
-                    assert!(
-                        (b[0]..b[2]).any(|x| is_shape(x, b[3] - 1)),
-                        "{phrase} bottom"
-                    );
+                    assert!((b[0]..b[2]).any(|x| is_shape(x, b[3] - 1)), "{phrase} bottom");
                     assert!((b[1]..b[3]).any(|y| is_shape(b[0], y)), "{phrase} left");
-                    assert!(
-                        (b[1]..b[3]).any(|y| is_shape(b[2] - 1, y)),
-                        "{phrase} right"
-                    );
+                    assert!((b[1]..b[3]).any(|y| is_shape(b[2] - 1, y)), "{phrase} right");
                 }
             }
         }
@@ -1007,11 +853,7 @@ mod tests {
             let b = |i: usize| scene.shapes[i].bbox;
             for (i, rel) in scene.relations.iter().enumerate() {
                 // Clause 0: shape 0 REL shape 1; clause i: shape i+1 REL shape i.
-                let (a, o) = if i == 0 {
-                    (b(0), b(1))
-                } else {
-                    (b(i + 1), b(i))
-                };
+                let (a, o) = if i == 0 { (b(0), b(1)) } else { (b(i + 1), b(i)) };
                 let ok = match rel {
                     Relation::LeftOf => a[2] < o[0],
                     Relation::RightOf => o[2] < a[0],
@@ -1032,12 +874,7 @@ mod tests {
     fn ensure_reuses_and_regenerates() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("data/synth");
-        let spec = SynthSpec {
-            train: 30,
-            val: 10,
-            test: 10,
-            seed: 5,
-        };
+        let spec = SynthSpec { train: 30, val: 10, test: 10, seed: 5 };
         let first = ensure(&dir, &spec).unwrap();
         assert_eq!(first.dir, dir);
         assert_eq!(first.counts, [30, 10, 10]);
@@ -1063,10 +900,7 @@ mod tests {
         assert!(!marker.exists());
         assert_eq!(read_lines(&dir, "val").len(), 12);
         // No temporary or stale siblings are left behind.
-        let siblings: Vec<_> = fs::read_dir(t.path().join("data"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let siblings: Vec<_> = fs::read_dir(t.path().join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(siblings, vec![std::ffi::OsString::from("synth")]);
         // generate refuses a non-empty directory.
         assert!(generate(&dir, &spec).is_err());

@@ -55,10 +55,10 @@ pub fn strip_controls(s: &str) -> String {
 pub fn tail(bytes: &[u8], max: usize) -> String {
     let start = bytes.len().saturating_sub(max);
     let mut slice = &bytes[start..];
-    if start > 0 {
-        if let Some(nl) = slice.iter().position(|b| *b == b'\n') {
-            slice = &slice[nl + 1..];
-        }
+    if start > 0
+        && let Some(nl) = slice.iter().position(|b| *b == b'\n')
+    {
+        slice = &slice[nl + 1..];
     }
     let text = strip_controls(&String::from_utf8_lossy(slice));
     // Collapse runs of blank lines the stripping may leave.

@@ -30,8 +30,7 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn open(root: &Path) -> Result<Self> {
-        let repo = Repository::open(root)
-            .with_context(|| format!("{} is not a git repository", root.display()))?;
+        let repo = Repository::open(root).with_context(|| format!("{} is not a git repository", root.display()))?;
         Ok(Self { paths: Paths::new(root), repo })
     }
 
@@ -70,9 +69,8 @@ impl Workspace {
     /// The state `init` wrote, checking that HEAD is still on that branch.
     pub fn state(&self) -> Result<WorkspaceState> {
         let p = self.paths.workspace_state();
-        let bytes = std::fs::read(&p).with_context(|| {
-            format!("{} is missing: run `autoresearch-mcp init --tag <tag>` first", p.display())
-        })?;
+        let bytes = std::fs::read(&p)
+            .with_context(|| format!("{} is missing: run `autoresearch-mcp init --tag <tag>` first", p.display()))?;
         let state: WorkspaceState = serde_json::from_slice(&bytes).context("parse workspace.json")?;
         let head = self.repo.head().context("read HEAD")?;
         if head.shorthand() != Some(state.branch.as_str()) {
@@ -155,10 +153,8 @@ fn train_entry(blob: Oid, len: usize) -> IndexEntry {
 }
 
 fn blob_at(repo: &Repository, commit: &git2::Commit, path: &str) -> Result<Vec<u8>> {
-    let entry = commit
-        .tree()?
-        .get_path(Path::new(path))
-        .with_context(|| format!("commit {} has no {path}", commit.id()))?;
+    let entry =
+        commit.tree()?.get_path(Path::new(path)).with_context(|| format!("commit {} has no {path}", commit.id()))?;
     let blob = repo.find_blob(entry.id())?;
     Ok(blob.content().to_vec())
 }

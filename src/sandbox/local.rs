@@ -299,25 +299,32 @@ fn exec_inner(spec: &str) -> Result<i32> {
     for a in &job.args {
         argv.push(CString::new(a.as_str())?);
     }
-    let envp: Vec<CString> = job
-        .env
-        .iter()
-        .map(|(k, v)| CString::new(format!("{k}={v}")))
-        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = job.env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>()?;
     let cwd = CString::new(job.cwd.as_os_str().as_bytes())?;
-    let helper_pid = nix::unistd::getpid();
+    // The helper holds the write end of this pipe: when it dies, the read end sees HUP. This
+    // closes the race where the helper dies before PID 1 has set its death signal.
+    let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
 
     // SAFETY: the helper is single-threaded (no runtime is started for sandbox-exec).
     match unsafe { nix::unistd::fork() }.context("fork the namespace's init")? {
-        nix::unistd::ForkResult::Parent { child } => Ok(wait_code(child)),
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(alive_r);
+            let code = wait_code(child);
+            drop(alive_w);
+            Ok(code)
+        }
         nix::unistd::ForkResult::Child => {
             // PID 1 of the new namespace.
+            drop(alive_w);
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut pfd =
+                    libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&alive_r), events: libc::POLLIN, revents: 0 };
+                if libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLHUP != 0 {
+                    libc::_exit(125);
+                }
             }
-            if nix::unistd::getppid() != helper_pid {
-                unsafe { libc::_exit(125) };
-            }
+            drop(alive_r);
             let _ = nix::mount::mount(
                 Some("proc"),
                 "/proc",

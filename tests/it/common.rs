@@ -1,7 +1,7 @@
 //! Test helpers: real workspaces (temp git repos with a copy of the trainer), real servers started
 //! as child processes, and a real MCP client (rmcp) talking to them over stdio.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use autoresearch_mcp::synth::{self, SynthSpec};
@@ -30,23 +30,6 @@ pub fn test_dataset() -> PathBuf {
     .clone()
 }
 
-fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if skip.iter().any(|s| name == *s) {
-            continue;
-        }
-        let (src, dst) = (e.path(), to.join(&name));
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&src, &dst, skip);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
 /// A fresh workspace: a git repo holding the trainer, program.md and the setup scripts, initialised
 /// on branch autoresearch/test, in the tests profile, sharing the repo's trainer build directory.
 pub struct Ws {
@@ -59,34 +42,19 @@ impl Ws {
         Self::with_config("")
     }
 
-    /// `extra` is appended to the [experiment] table of autoresearch.toml.
+    /// `extra` lines go into the [experiment] table of autoresearch.toml.
     pub fn with_config(extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("arws-").tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let repo = repo_root();
-        copy_dir(&repo.join("trainer"), &root.join("trainer"), &["target"]);
-        copy_dir(&repo.join("scripts"), &root.join("scripts"), &[]);
-        for f in ["program.md", "scratchpad.md", ".gitignore"] {
-            std::fs::copy(repo.join(f), root.join(f)).unwrap();
+        let target = dir.path().join("ws");
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("-C").arg(repo_root()).arg("new-workspace").arg(&target);
+        cmd.args(["--profile", "tests", "--tag", "test", "--dataset"]).arg(test_dataset());
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            cmd.args(["--experiment", line]);
         }
-        std::fs::write(
-            root.join("autoresearch.toml"),
-            format!(
-                "[experiment]\nprofile = \"tests\"\n{extra}\n[data]\ndataset = {:?}\n[sandbox]\ntrainer_target_dir = {:?}\n",
-                test_dataset().display().to_string(),
-                repo.join("trainer/target").display().to_string()
-            ),
-        )
-        .unwrap();
-        let git = git2::Repository::init(&root).unwrap();
-        let mut idx = git.index().unwrap();
-        idx.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
-        idx.write().unwrap();
-        let tree = git.find_tree(idx.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("test", "test@localhost").unwrap();
-        git.commit(Some("HEAD"), &sig, &sig, "workspace", &tree, &[]).unwrap();
-        let out = std::process::Command::new(bin()).arg("-C").arg(&root).args(["init", "--tag", "test"]).output().unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "new-workspace failed: {}", String::from_utf8_lossy(&out.stderr));
+        let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         Ws { _dir: dir, root }
     }
 
@@ -124,7 +92,8 @@ pub struct Client {
 
 impl Client {
     pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
-        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+        let params =
+            CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
         self.service.call_tool(params).await.unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
     }
 }
@@ -171,7 +140,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
 pub struct ProgressCounter(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl rmcp::ClientHandler for ProgressCounter {
-    async fn on_progress(&self, _params: rmcp::model::ProgressNotificationParam, _cx: rmcp::service::NotificationContext<RoleClient>) {
+    async fn on_progress(
+        &self,
+        _params: rmcp::model::ProgressNotificationParam,
+        _cx: rmcp::service::NotificationContext<RoleClient>,
+    ) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
@@ -199,7 +172,8 @@ impl Ws {
 
 impl CountingClient {
     pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
-        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+        let params =
+            CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
         self.service.call_tool(params).await.unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
     }
 }

@@ -87,7 +87,11 @@ async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
     let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
     // A train.rs that trains slowly enough to be caught in flight.
     let src = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let slow = src.replacen("fn main", "fn sleep_first() { std::thread::sleep(std::time::Duration::from_secs(300)); }\nfn main", 1);
+    let slow = src.replacen(
+        "fn main",
+        "fn sleep_first() { std::thread::sleep(std::time::Duration::from_secs(300)); }\nfn main",
+        1,
+    );
     std::fs::write(ws.train_rs(), insert_at_main_start(&slow, "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::process::Command::new(\"sleep\").arg(\"300\").spawn().ok(); sleep_first(); }")).unwrap();
     let c = std::sync::Arc::new(ws.client().await);
     let runner = {

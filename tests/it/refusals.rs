@@ -12,16 +12,24 @@ async fn edit_train_refusals() {
     let before = std::fs::read(ws.train_rs()).unwrap();
 
     for path in ["trainer/src/lib.rs", "../etc/passwd", "/etc/passwd", "program.md", "trainer/src/../src/lib.rs"] {
-        let r = c.call("edit_train", json!({"command": "str_replace", "path": path, "old_str": "a", "new_str": "b"})).await;
+        let r =
+            c.call("edit_train", json!({"command": "str_replace", "path": path, "old_str": "a", "new_str": "b"})).await;
         assert!(is_error(&r) && text(&r).contains("only trainer/src/train.rs"), "{path}: {}", text(&r));
     }
-    let r = c.call("edit_train", json!({"command": "str_replace", "old_str": "this text is not in train.rs", "new_str": "x"})).await;
+    let r = c
+        .call(
+            "edit_train",
+            json!({"command": "str_replace", "old_str": "this text is not in train.rs", "new_str": "x"}),
+        )
+        .await;
     assert!(is_error(&r) && text(&r).contains("not found"), "{}", text(&r));
     let r = c.call("edit_train", json!({"command": "str_replace", "old_str": "let", "new_str": "let"})).await;
     assert!(is_error(&r) && text(&r).contains("matches"), "{}", text(&r));
     let r = c.call("edit_train", json!({"command": "insert", "insert_line": 1_000_000, "new_str": "x"})).await;
     assert!(is_error(&r) && text(&r).contains("past the end"), "{}", text(&r));
-    let r = c.call("edit_train", json!({"command": "str_replace", "old_str": "fn main", "new_str": "fn main\u{1b}[2J"})).await;
+    let r = c
+        .call("edit_train", json!({"command": "str_replace", "old_str": "fn main", "new_str": "fn main\u{1b}[2J"}))
+        .await;
     assert!(is_error(&r) && text(&r).contains("control character"), "{}", text(&r));
     let huge = "x".repeat(300 * 1024);
     let r = c.call("edit_train", json!({"command": "insert", "insert_line": 0, "new_str": huge})).await;
@@ -51,7 +59,9 @@ async fn edit_train_refusals() {
 
     let audit = audit_lines(&ws);
     assert_eq!(audit.iter().filter(|r| r["outcome"] == "refused").count(), 13);
-    assert!(audit.iter().filter(|r| r["outcome"] == "refused").all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty())));
+    assert!(
+        audit.iter().filter(|r| r["outcome"] == "refused").all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty()))
+    );
 }
 
 #[tokio::test]
@@ -69,7 +79,11 @@ async fn commit_refusals_and_scratchpad_limits() {
     let r = c.call("commit", json!({"description": "two\nlines"})).await;
     assert!(is_error(&r) && text(&r).contains("control character"), "{}", text(&r));
     let repo = git2::Repository::open(&ws.root).unwrap();
-    assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().message().unwrap(), "workspace", "no commit was made");
+    assert_eq!(
+        repo.head().unwrap().peel_to_commit().unwrap().message().unwrap(),
+        "experiment workspace",
+        "no commit was made"
+    );
 
     let r = c.call("append_scratchpad", json!({"entry": "x".repeat(9 * 1024)})).await;
     assert!(is_error(&r) && text(&r).contains("cap"), "{}", text(&r));
@@ -83,7 +97,8 @@ async fn commit_refusals_and_scratchpad_limits() {
     assert!(is_error(&r) && text(&r).contains("control character"), "{}", text(&r));
 
     // Malformed arguments are protocol errors, not crashes.
-    let params = rmcp::model::CallToolRequestParams::new("edit_train").with_arguments(json!({"command": "explode"}).as_object().cloned().unwrap());
+    let params = rmcp::model::CallToolRequestParams::new("edit_train")
+        .with_arguments(json!({"command": "explode"}).as_object().cloned().unwrap());
     match c.service.call_tool(params).await {
         Err(_) => {}
         Ok(r) => assert!(is_error(&r), "invalid arguments must not succeed: {}", text(&r)),

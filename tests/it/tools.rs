@@ -39,13 +39,21 @@ async fn view_edit_diff_scratchpad_and_read_metrics() {
     assert_eq!(text(&view).lines().count(), 5);
 
     let original = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let line = original.lines().find(|l| l.contains("const LEARNING_RATE")).expect("train.rs has a const LEARNING_RATE").to_string();
-    let edited = c.call("edit_train", json!({"command": "str_replace", "old_str": line, "new_str": format!("{line} // tuned")})).await;
+    let line = original
+        .lines()
+        .find(|l| l.contains("const LEARNING_RATE"))
+        .expect("train.rs has a const LEARNING_RATE")
+        .to_string();
+    let edited = c
+        .call("edit_train", json!({"command": "str_replace", "old_str": line, "new_str": format!("{line} // tuned")}))
+        .await;
     assert!(!is_error(&edited), "{}", text(&edited));
     assert!(text(&edited).contains("+") && text(&edited).contains("// tuned"), "diff is shown: {}", text(&edited));
     assert!(std::fs::read_to_string(ws.train_rs()).unwrap().contains("// tuned"));
 
-    let ins = c.call("edit_train", json!({"command": "insert", "insert_line": 0, "new_str": "// hypothesis: lower LR"})).await;
+    let ins = c
+        .call("edit_train", json!({"command": "insert", "insert_line": 0, "new_str": "// hypothesis: lower LR"}))
+        .await;
     assert!(!is_error(&ins));
     assert!(std::fs::read_to_string(ws.train_rs()).unwrap().starts_with("// hypothesis: lower LR\n"));
 
@@ -83,5 +91,9 @@ async fn second_server_on_the_same_workspace_is_refused() {
     let _c = ws.client().await;
     let out = ws.cli(&["serve"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already serving"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already serving"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,86 @@
+//! A fresh experiment workspace made from this repository: a new git repo holding a copy of the
+//! trainer, the scripts and the agent's files, configured for a profile and a dataset, sharing the
+//! repository's trainer build directory (so libtorch bindings compile once). Used by the demo, the
+//! tests and the benchmarks; `init` then creates the experiment branch in it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::Profile;
+
+/// What a workspace copies from the repository.
+const COPIED: &[&str] = &["trainer", "scripts", "program.md", "scratchpad.md", ".gitignore", ".claude"];
+
+pub struct Scaffold<'a> {
+    /// The repository to copy from.
+    pub repo: &'a Path,
+    pub profile: Profile,
+    pub dataset: PathBuf,
+    /// Extra lines for the [experiment] table of autoresearch.toml.
+    pub experiment_extra: String,
+    /// The server binary that .mcp.json should start.
+    pub server_bin: PathBuf,
+}
+
+impl Scaffold<'_> {
+    /// Creates `dir` (which must not exist or be empty) and commits its content.
+    pub fn create(&self, dir: &Path) -> Result<PathBuf> {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!("{} exists and is not empty", dir.display());
+        }
+        std::fs::create_dir_all(dir)?;
+        let root = dir.canonicalize()?;
+        let repo = self.repo.canonicalize().with_context(|| format!("repository {}", self.repo.display()))?;
+        for name in COPIED {
+            let src = repo.join(name);
+            if src.exists() {
+                copy(&src, &root.join(name))?;
+            }
+        }
+        let dataset = if self.dataset.is_absolute() { self.dataset.clone() } else { repo.join(&self.dataset) };
+        std::fs::write(
+            root.join("autoresearch.toml"),
+            format!(
+                "[experiment]\nprofile = \"{}\"\n{}\n[data]\ndataset = {:?}\n\n[sandbox]\ntrainer_target_dir = {:?}\n",
+                self.profile.as_str(),
+                self.experiment_extra,
+                dataset.display().to_string(),
+                repo.join("trainer/target").display().to_string()
+            ),
+        )?;
+        let mcp = serde_json::json!({"mcpServers": {"autoresearch": {
+            "type": "stdio",
+            "command": self.server_bin.display().to_string(),
+            "args": ["serve"],
+            "timeout": 3_600_000
+        }}});
+        std::fs::write(root.join(".mcp.json"), serde_json::to_string_pretty(&mcp)?)?;
+        let git = git2::Repository::init(&root)?;
+        let mut idx = git.index()?;
+        idx.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+        idx.write()?;
+        let tree = git.find_tree(idx.write_tree()?)?;
+        let sig = git2::Signature::now("autoresearch-mcp", "autoresearch-mcp@localhost")?;
+        git.commit(Some("HEAD"), &sig, &sig, "experiment workspace", &tree, &[])?;
+        Ok(root)
+    }
+}
+
+fn copy(src: &Path, dst: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            // Build output stays in the repository (shared through trainer_target_dir).
+            if e.file_name() == "target" || e.file_name() == "__pycache__" {
+                continue;
+            }
+            copy(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if meta.is_file() {
+        std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
+    }
+    Ok(())
+}
