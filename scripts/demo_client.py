@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""An example MCP client for autoresearch-mcp: runs the unmodified baseline once and reports it.
+
+It talks to the server exactly as an agent would, over stdio with the Python MCP SDK (mcp 2.x,
+as installed by scripts/python-env.sh):
+
+    ENV=$(scripts/python-env.sh)
+    target/release/autoresearch-mcp synth --size tests --out /tmp/demo-data
+    scripts/make-workspace.sh /tmp/demo-ws tests /tmp/demo-data
+    $ENV/bin/python scripts/demo_client.py --server target/release/autoresearch-mcp --workspace /tmp/demo-ws
+
+Exit status: 0 when the baseline run succeeded and beats random retrieval, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import get_default_environment, stdio_client
+
+# A run builds the trainer (the first time: minutes), trains within its budget, then embeds and
+# scores; on CPU that can take ~10 minutes. The server reports progress every 10 s meanwhile.
+RUN_TIMEOUT_S = 60 * 60
+
+# The SDK starts servers with a minimal environment (HOME, PATH, ...); also pass on the variables
+# that locate the project's Python environment (see scripts/python-env.sh) and set logging.
+PASSED_ENV = ("AUTORESEARCH_PYENV", "XDG_CACHE_HOME", "RUST_LOG")
+
+
+def text_of(result) -> str:
+    """The text blocks of a tool result, joined."""
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def print_runs_table(runs: list[dict]) -> None:
+    """One line per run; recalls in percent, time is the server-measured total (build, train, embed, score)."""
+    header = ("run", "status", "mean rank", "median", "i2t R@1/5/10", "t2i R@1/5/10", "time s", "description")
+    rows = [header]
+    for run in runs:
+        m = run.get("metrics")
+        if m:
+            i2t = "/".join(f"{m[f'i2t_r{k}']:.1f}" for k in (1, 5, 10))
+            t2i = "/".join(f"{m[f't2i_r{k}']:.1f}" for k in (1, 5, 10))
+            ranks = (f"{m['mean_rank']:.2f}", f"{m['median_rank']:.1f}", i2t, t2i)
+        else:
+            ranks = ("-", "-", "-", "-")
+        rows.append((run["id"], run["status"], *ranks, f"{run['duration_s']:.0f}", run["description"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+async def main(server: Path, workspace: Path, description: str) -> int:
+    env = get_default_environment() | {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    params = StdioServerParameters(command=str(server), args=["-C", str(workspace), "serve"], env=env)
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        init = await session.initialize()
+        tools = (await session.list_tools()).tools
+        print(f"connected to {init.server_info.name} {init.server_info.version}")
+        print(f"tools: {', '.join(t.name for t in tools)}")
+
+        before = await session.call_tool("read_metrics", {})
+        print(f"\nread_metrics before: {before.structured_content['total_runs']} runs recorded")
+
+        # run_experiment: progress notifications arrive while it runs.
+        start = time.monotonic()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            print(f"  [{time.monotonic() - start:6.1f} s] {message or progress}", file=sys.stderr, flush=True)
+
+        print(f"\nrun_experiment({description!r}) ...", flush=True)
+        run = await session.call_tool(
+            "run_experiment",
+            {"description": description},
+            read_timeout_seconds=RUN_TIMEOUT_S,
+            progress_callback=on_progress,
+        )
+        print(f"\n{text_of(run).rstrip()}\n")
+        if run.is_error:
+            print(f"the run failed after {time.monotonic() - start:.0f} s", file=sys.stderr)
+            return 1
+
+        after = await session.call_tool("read_metrics", {})
+        view = after.structured_content
+        print_runs_table(view["runs"])
+
+        latest = view["runs"][-1]
+        m = latest.get("metrics")
+        if latest["status"] != "ok" or not m:
+            print(f"\nrun {latest['id']} ended {latest['status']}: no metrics", file=sys.stderr)
+            return 1
+        ratio = m["random_mean_rank"] / m["mean_rank"]
+        print(
+            f"\nbaseline mean rank {m['mean_rank']:.1f} vs random-retrieval mean rank "
+            f"{m['random_mean_rank']:.1f} (N={m['n']}): {ratio:.1f}x better than random"
+        )
+        return 0 if m["mean_rank"] < m["random_mean_rank"] else 1
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--server", required=True, type=Path, help="the autoresearch-mcp binary")
+    ap.add_argument("--workspace", required=True, type=Path, help="an initialised workspace (scripts/make-workspace.sh)")
+    ap.add_argument("--description", default="baseline (unmodified train.rs)", help="the run's description")
+    args = ap.parse_args()
+    sys.exit(asyncio.run(main(args.server.resolve(), args.workspace.resolve(), args.description)))

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints, the server's unit and integration tests (real MCP
+# client, real git, real sandbox, real libtorch trainer on CPU), the trainer's own tests, the Python
+# MCP client tests, and the cheap-tool latency benchmark (prints figures, asserts nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\n== %s\n' "$*" >&2; }
+
+say "Python environment"
+ENV=$(scripts/python-env.sh)
+TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+scripts/fetch-trainer-deps.sh
+
+say "format and lints"
+cargo fmt --check
+(cd trainer && cargo fmt --check)
+cargo clippy --locked --all-targets -- -D warnings
+
+say "trainer tests (libtorch, CPU)"
+(cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" cargo test --release --locked)
+
+say "server tests (unit + integration through rmcp's client)"
+cargo test --locked
+
+say "Python MCP client tests"
+cargo build --locked
+AUTORESEARCH_BIN="$PWD/target/debug/autoresearch-mcp" "$ENV/bin/python" -m pytest -q tests/python
+
+say "benchmark: cheap tool latency"
+cargo bench --locked --bench cheap_tools
