@@ -5,12 +5,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-use rmcp::ServiceExt;
 use serde_json::{Value, json};
 
 const CALLS: usize = 200;
+
+/// Arguments of the i-th call of one case.
+type ArgsFn = Box<dyn Fn(usize) -> Value>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,12 +36,16 @@ async fn main() -> anyhow::Result<()> {
     let anchor = train.lines().find(|l| l.contains("const WEIGHT_DECAY")).unwrap_or("fn main").to_string();
 
     // One (tool, arguments) pair per cheap operation; edits alternate so each call really writes.
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> Value>)> = vec![
+    let cases: Vec<(&str, ArgsFn)> = vec![
         ("edit_train view", Box::new(|_| json!({"command": "view", "view_range": [1, 40]}))),
         ("edit_train str_replace", {
             let anchor = anchor.clone();
             Box::new(move |i| {
-                let (a, b) = if i % 2 == 0 { (anchor.clone(), format!("{anchor} // x")) } else { (format!("{anchor} // x"), anchor.clone()) };
+                let (a, b) = if i % 2 == 0 {
+                    (anchor.clone(), format!("{anchor} // x"))
+                } else {
+                    (format!("{anchor} // x"), anchor.clone())
+                };
                 json!({"command": "str_replace", "old_str": a, "new_str": b})
             })
         }),

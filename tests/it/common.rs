@@ -68,6 +68,11 @@ impl Ws {
 
     /// Starts `autoresearch-mcp serve` on this workspace and connects rmcp's client to it.
     pub async fn client(&self) -> Client {
+        self.client_with(()).await
+    }
+
+    /// Like [`Ws::client`], with a client handler of the test's (e.g. one counting progress).
+    pub async fn client_with<H: rmcp::ClientHandler>(&self, handler: H) -> Client<H> {
         let root = self.root.clone();
         let (transport, _stderr) = TokioChildProcess::builder(tokio::process::Command::new(bin()).configure(|cmd| {
             cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn");
@@ -76,7 +81,7 @@ impl Ws {
         .spawn()
         .expect("spawn the server");
         let pid = transport.id().expect("server pid");
-        let service = ().serve(transport).await.expect("MCP initialise");
+        let service = handler.serve(transport).await.expect("MCP initialise");
         Client { service, pid }
     }
 
@@ -85,12 +90,12 @@ impl Ws {
     }
 }
 
-pub struct Client {
-    pub service: RunningService<RoleClient, ()>,
+pub struct Client<H: rmcp::ClientHandler = ()> {
+    pub service: RunningService<RoleClient, H>,
     pub pid: u32,
 }
 
-impl Client {
+impl<H: rmcp::ClientHandler> Client<H> {
     pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
         let params =
             CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
@@ -146,35 +151,6 @@ impl rmcp::ClientHandler for ProgressCounter {
         _cx: rmcp::service::NotificationContext<RoleClient>,
     ) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-pub struct CountingClient {
-    pub service: RunningService<RoleClient, ProgressCounter>,
-    pub progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Ws {
-    pub async fn counting_client(&self) -> CountingClient {
-        let root = self.root.clone();
-        let (transport, _) = TokioChildProcess::builder(tokio::process::Command::new(bin()).configure(|cmd| {
-            cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn");
-        }))
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the server");
-        let counter = ProgressCounter::default();
-        let progress = counter.0.clone();
-        let service = counter.serve(transport).await.expect("MCP initialise");
-        CountingClient { service, progress }
-    }
-}
-
-impl CountingClient {
-    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
-        let params =
-            CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
-        self.service.call_tool(params).await.unwrap_or_else(|e| panic!("{tool} call failed at the protocol level: {e}"))
     }
 }
 
