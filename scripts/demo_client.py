@@ -6,7 +6,7 @@ as installed by scripts/python-env.sh):
 
     ENV=$(scripts/python-env.sh)
     target/release/autoresearch-mcp synth --size tests --out /tmp/demo-data
-    scripts/make-workspace.sh /tmp/demo-ws tests /tmp/demo-data
+    target/release/autoresearch-mcp new-workspace /tmp/demo-ws --profile tests --dataset /tmp/demo-data
     $ENV/bin/python scripts/demo_client.py --server target/release/autoresearch-mcp --workspace /tmp/demo-ws
 
 Exit status: 0 when the baseline run succeeded and beats random retrieval, 1 otherwise.
@@ -29,7 +29,8 @@ from mcp.client.stdio import get_default_environment, stdio_client
 RUN_TIMEOUT_S = 60 * 60
 
 # The SDK starts servers with a minimal environment (HOME, PATH, ...); also pass on the variables
-# that locate the project's Python environment (see scripts/python-env.sh) and set logging.
+# that locate the project's Python environment (see scripts/python-env.sh). The server logs to
+# stderr; warnings only unless RUST_LOG says otherwise.
 PASSED_ENV = ("AUTORESEARCH_PYENV", "XDG_CACHE_HOME", "RUST_LOG")
 
 
@@ -57,7 +58,8 @@ def print_runs_table(runs: list[dict]) -> None:
 
 
 async def main(server: Path, workspace: Path, description: str) -> int:
-    env = get_default_environment() | {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env = get_default_environment() | {"RUST_LOG": "warn"}
+    env |= {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     params = StdioServerParameters(command=str(server), args=["-C", str(workspace), "serve"], env=env)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         init = await session.initialize()
@@ -95,7 +97,7 @@ async def main(server: Path, workspace: Path, description: str) -> int:
         if latest["status"] != "ok" or not m:
             print(f"\nrun {latest['id']} ended {latest['status']}: no metrics", file=sys.stderr)
             return 1
-        ratio = m["random_mean_rank"] / m["mean_rank"]
+        ratio = m["random_mean_rank"] / m["mean_rank"] if m["mean_rank"] > 0 else float("inf")
         print(
             f"\nbaseline mean rank {m['mean_rank']:.1f} vs random-retrieval mean rank "
             f"{m['random_mean_rank']:.1f} (N={m['n']}): {ratio:.1f}x better than random"
@@ -106,7 +108,7 @@ async def main(server: Path, workspace: Path, description: str) -> int:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", required=True, type=Path, help="the autoresearch-mcp binary")
-    ap.add_argument("--workspace", required=True, type=Path, help="an initialised workspace (scripts/make-workspace.sh)")
+    ap.add_argument("--workspace", required=True, type=Path, help="an initialised workspace (autoresearch-mcp new-workspace)")
     ap.add_argument("--description", default="baseline (unmodified train.rs)", help="the run's description")
     args = ap.parse_args()
     sys.exit(asyncio.run(main(args.server.resolve(), args.workspace.resolve(), args.description)))

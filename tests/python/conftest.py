@@ -1,5 +1,5 @@
 """Fixtures for testing autoresearch-mcp through the Python MCP SDK: the real server binary, a fresh
-workspace per test (scripts/make-workspace.sh), and a connected, initialised client session.
+workspace per test (`autoresearch-mcp new-workspace`), and a connected, initialised client session.
 
 Run with the project's Python environment:
     ENV=$(scripts/python-env.sh); $ENV/bin/python -m pytest -q tests/python
@@ -46,14 +46,12 @@ def dataset(server_bin: Path) -> Path:
 @pytest.fixture
 def workspace(tmp_path: Path, server_bin: Path, dataset: Path) -> Path:
     """A fresh workspace in the tests profile, initialised on branch autoresearch/demo."""
-    env = os.environ | {"AUTORESEARCH_BIN": str(server_bin)}
     out = subprocess.run(
-        ["bash", REPO / "scripts/make-workspace.sh", tmp_path / "ws", "tests", dataset],
+        [server_bin, "-C", REPO, "new-workspace", tmp_path / "ws", "--profile", "tests", "--dataset", dataset],
         capture_output=True,
         text=True,
-        env=env,
     )
-    assert out.returncode == 0, f"make-workspace.sh failed:\n{out.stderr}"
+    assert out.returncode == 0, f"new-workspace failed:\n{out.stderr}"
     return Path(out.stdout.strip())
 
 
