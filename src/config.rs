@@ -77,6 +77,12 @@ pub struct SandboxConfig {
     pub trainer_target_dir: PathBuf,
     /// Cap on the bytes of each phase's log kept on disk.
     pub log_cap_bytes: u64,
+    /// Memory limit of every phase (swap included), GiB.
+    pub memory_limit_gib: u64,
+    /// Most processes and threads a phase may have.
+    pub pids_limit: u64,
+    /// CPU cores' worth of time a phase may use (0 = no limit).
+    pub cpus: f64,
 }
 
 impl Default for ExperimentConfig {
@@ -102,7 +108,14 @@ impl Default for DataConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { backend: "local".into(), trainer_target_dir: PathBuf::new(), log_cap_bytes: 8 << 20 }
+        Self {
+            backend: "local".into(),
+            trainer_target_dir: PathBuf::new(),
+            log_cap_bytes: 8 << 20,
+            memory_limit_gib: 16,
+            pids_limit: 1024,
+            cpus: 0.0,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::fsutil::{read_capped, sha256_hex};
 use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
+use crate::sandbox::cgroup::Limits;
 use crate::sandbox::{Job, JobEnd, JobOutcome, Sandbox};
 use crate::score::{self, Metrics};
 use crate::untrusted::fenced_tail;
@@ -139,6 +140,7 @@ impl Runner {
         limits: (Duration, u64),
     ) -> Job {
         let (timeout, max_file) = limits;
+        let sb = &self.config.sandbox;
         let mut full = vec![
             ("HOME".into(), dir.join("home").display().to_string()),
             ("TMPDIR".into(), dir.join("tmp").display().to_string()),
@@ -156,9 +158,13 @@ impl Runner {
             cwd: dir.to_path_buf(),
             scratch: dir.to_path_buf(),
             timeout,
-            log: dir.join("log.txt"),
-            log_cap: self.config.sandbox.log_cap_bytes,
+            // Outside the scratch dir: the job cannot touch its own log.
+            log: dir.with_extension("log"),
+            log_cap: sb.log_cap_bytes,
             max_file_bytes: max_file,
+            read_only: vec![],
+            writable: vec![dir.to_path_buf()],
+            limits: Limits { memory_bytes: sb.memory_limit_gib << 30, pids: sb.pids_limit, cpus: sb.cpus },
         }
     }
 
@@ -208,10 +214,21 @@ impl Runner {
             .chain([self.paths.trainer().join("Cargo.toml").display().to_string()])
             .collect();
         let timeout = Duration::from_secs(self.config.experiment.build_timeout_seconds);
-        let job = self.job("build", tc.cargo.clone(), args, env, dir, (timeout, 8 << 30));
+        // Reads: the trainer's sources, the toolchain, the Python environment (torch-sys asks its python
+        // where libtorch is, and that python's own installation). Writes: the target dir.
+        let mut read_only = vec![self.paths.trainer(), tc.cargo_home.clone(), self.pyenv.dir.clone()];
+        read_only.extend(tc.rustup_home.clone());
+        read_only.extend(self.pyenv.python_prefix());
+        let mut job = self.job("build", tc.cargo.clone(), args, env, dir, (timeout, 8 << 30));
+        job.read_only = read_only;
+        job.writable.push(target.clone());
         let outcome = self.sandbox.run(&job, cancel).await?;
-        let copy = dir.join(bin);
+        // Into a folder the build could not write, so nothing it planted can redirect the copy.
+        let bin_dir = dir.with_file_name("bin");
+        let copy = bin_dir.join(bin);
         if outcome.success() {
+            let _ = std::fs::remove_dir_all(&bin_dir);
+            std::fs::create_dir_all(&bin_dir)?;
             std::fs::copy(target.join("release").join(bin), &copy).with_context(|| format!("copy the built {bin}"))?;
         }
         drop(lock);
@@ -273,7 +290,10 @@ impl Runner {
         let env = vec![("PATH".into(), "/usr/bin:/bin".into()), ("LD_LIBRARY_PATH".into(), torch_lib)];
         let pdir = work.join("prepare");
         std::fs::create_dir_all(&pdir)?;
-        let job = self.job("prepare", prepare, args, env, &pdir, (Duration::from_secs(3600), 32 << 30));
+        let read_only = vec![prepare.clone(), self.dataset(), tokenizer.clone(), self.pyenv.dir.clone()];
+        let mut job = self.job("prepare", prepare, args, env, &pdir, (Duration::from_secs(3600), 32 << 30));
+        job.read_only = read_only;
+        job.writable.push(out.clone());
         let run = self.sandbox.run(&job, cancel).await?;
         if !run.success() {
             bail!(
@@ -345,14 +365,11 @@ impl Runner {
         std::fs::create_dir_all(&out)?;
         let budget = self.config.budget_seconds();
         let limit = Duration::from_secs(budget + self.config.experiment.grace_seconds);
-        let job = self.job(
-            "train",
-            trainer.clone(),
-            vec![],
-            self.run_env("train", &data.train_file(), &out, seed),
-            &out,
-            (limit, 16 << 30),
-        );
+        // The training split only: validation and test are not in the job's file system.
+        let read_only = vec![trainer.clone(), data.train_file(), self.pyenv.dir.clone()];
+        let env = self.run_env("train", &data.train_file(), &out, seed);
+        let mut job = self.job("train", trainer.clone(), vec![], env, &out, (limit, 4 << 30));
+        job.read_only = read_only;
         let train = self.sandbox.run(&job, cancel).await?;
         o.phases.train = Some(train.wall.as_secs_f64());
         o.overran = train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
@@ -392,7 +409,10 @@ impl Runner {
             let mut env = self.run_env(name, &input, &dir, seed);
             env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
             let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
-            let job = self.job(name, trainer.clone(), vec![], env, &dir, (t, 4 << 30));
+            // One shuffled half of validation and the checkpoint; never the other half or the pairing.
+            let read_only = vec![trainer.clone(), input.clone(), ckpt.clone(), self.pyenv.dir.clone()];
+            let mut job = self.job(name, trainer.clone(), vec![], env, &dir, (t, 1 << 30));
+            job.read_only = read_only;
             let r = self.sandbox.run(&job, cancel).await?;
             let secs = Some(r.wall.as_secs_f64());
             if name == "embed-images" {

@@ -35,6 +35,13 @@ impl PyEnv {
         self.dir.join("bin")
     }
 
+    /// The installation the venv's python belongs to (a venv's python is a symlink into it).
+    pub fn python_prefix(&self) -> Option<PathBuf> {
+        let real = std::fs::canonicalize(self.dir.join("bin/python")).ok()?;
+        let prefix = real.parent()?.parent()?.to_path_buf();
+        (!prefix.starts_with(&self.dir) && prefix != Path::new("/usr")).then_some(prefix)
+    }
+
     fn site_packages(&self) -> Result<PathBuf> {
         let lib = self.dir.join("lib");
         for entry in std::fs::read_dir(&lib).with_context(|| format!("list {}", lib.display()))? {

@@ -228,6 +228,10 @@ impl Service {
         std::fs::create_dir_all(paths.runs())?;
         let audit = AuditLog::open(&paths.audit(), &paths.audit_head())?;
         let mut ledger = Ledger::open(&paths.ledger())?;
+        let reaped = crate::sandbox::cgroup::reap_orphans();
+        if reaped > 0 {
+            tracing::warn!(reaped, "removed job cgroups left by a server that died");
+        }
         for run_id in ledger.unfinished() {
             tracing::warn!(run_id, "marking a run left by a previous server as abandoned");
             ledger.append(Event::Finished {

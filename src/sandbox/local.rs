@@ -6,8 +6,9 @@
 //! helper is killed (timeout, cancel, server death: each parent sets PDEATHSIG), the init dies and the
 //! kernel kills everything left in the PID namespace, daemons that called setsid included.
 //!
-//! What this backend does not do yet (filesystem allowlists with Landlock, seccomp, cgroup memory and
-//! pids limits, a minimal root, a non-root uid) is the hardening tracked in the sandbox issue.
+//! The job sees a minimal root ([`super::root`]): only the paths its phase needs. Its cgroup
+//! ([`super::cgroup`]) limits memory, pids and CPU and is how a timeout kills every process.
+//! Not yet: Landlock, seccomp and a non-root uid (tracked in the sandbox issue).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
+use super::cgroup::Cgroup;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
 
 /// How much of a job's output is kept in memory for the tail.
@@ -49,8 +51,9 @@ impl Sandbox for LocalSandbox {
     }
 
     fn check(&self) -> Result<()> {
-        // Try the real thing: a namespaced `true` must run.
-        let status = unsafe_namespaced_command(&self.helper)
+        Cgroup::detect()?;
+        // Try the real thing: the helper must start in new namespaces.
+        let status = namespaced_command(&self.helper, vec![])
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,7 +79,13 @@ impl LocalSandbox {
             std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
         }
         let spec = serde_json::to_string(job)?;
-        let mut cmd = tokio::process::Command::from(unsafe_namespaced_command(&self.helper));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name =
+            format!("{}-{}-{}", job.phase, std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let cgroup = Cgroup::create(&name, &job.limits)
+            .map_err(|e| anyhow::anyhow!("refusing to run {} without resource limits: {e:#}", job.phase))?;
+        let procs = cgroup.procs_files().iter().map(|p| super::root::cstr(p)).collect::<Result<Vec<_>>>()?;
+        let mut cmd = tokio::process::Command::from(namespaced_command(&self.helper, procs));
         cmd.arg("sandbox-exec")
             .arg(spec)
             .stdin(Stdio::null())
@@ -111,10 +120,15 @@ impl LocalSandbox {
             _ = cancel.cancelled() => JobEnd::Cancelled,
         };
         if matches!(end, JobEnd::TimedOut | JobEnd::Cancelled) {
-            // SIGKILL the helper: its PDEATHSIG kills the namespace's init, and with it every process.
+            // Kill every process of the job through its cgroup, and the helper (whose death also
+            // takes the namespace's init, and with it every process left, through PDEATHSIG).
+            cgroup.kill();
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+        let peak_memory_bytes = cgroup.peak_memory();
+        let oom_killed = cgroup.oom_killed();
+        drop(cgroup);
         let wall = start.elapsed();
         for r in readers {
             // Pipes close when the namespace is gone; do not wait forever on a stuck reader.
@@ -122,13 +136,21 @@ impl LocalSandbox {
         }
         let mut sink = sink.lock().unwrap();
         sink.flush();
-        Ok(JobOutcome { end, wall, tail: sink.tail.iter().copied().collect(), log_truncated: sink.truncated })
+        Ok(JobOutcome {
+            end,
+            wall,
+            tail: sink.tail.iter().copied().collect(),
+            log_truncated: sink.truncated,
+            peak_memory_bytes,
+            oom_killed,
+        })
     }
 }
 
 /// A command for the helper that will start in new namespaces: the `unshare` happens in the forked
 /// child just before exec, so the server itself never changes namespace.
-fn unsafe_namespaced_command(helper: &std::path::Path) -> std::process::Command {
+/// Before exec, the child joins the job's cgroup (`cgroup_procs`), so all it starts is counted.
+fn namespaced_command(helper: &std::path::Path, cgroup_procs: Vec<CString>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(helper);
     cmd.env_clear();
@@ -140,6 +162,13 @@ fn unsafe_namespaced_command(helper: &std::path::Path) -> std::process::Command 
             // The helper dies with the thread that spawned it (a tokio worker, alive as long as the server).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for procs in &cgroup_procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
             }
             if uid != 0 {
                 if libc::unshare(libc::CLONE_NEWUSER) != 0 {
@@ -294,6 +323,7 @@ fn exec_inner(spec: &str) -> Result<i32> {
         None::<&str>,
     )
     .context("make mounts private")?;
+    super::root::enter(&job).context("build the job's minimal root")?;
     let program = CString::new(job.program.as_os_str().as_bytes())?;
     let mut argv = vec![program.clone()];
     for a in &job.args {

@@ -2,7 +2,9 @@
 //! One interface, sibling backends. A job's failure (non-zero exit, timeout, cancel) is an outcome,
 //! never an error; an error means the sandbox itself could not be set up, and then nothing ran.
 
+pub mod cgroup;
 pub mod local;
+pub mod root;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
 use tokio_util::sync::CancellationToken;
 
 /// One process to run isolated.
@@ -30,6 +33,12 @@ pub struct Job {
     pub log_cap: u64,
     /// RLIMIT_FSIZE: largest file the job may write.
     pub max_file_bytes: u64,
+    /// What the job may read (besides system libraries): files or folders, bound read-only.
+    pub read_only: Vec<PathBuf>,
+    /// What the job may write: folders bound read-write (the scratch dir is always one).
+    pub writable: Vec<PathBuf>,
+    /// Memory (swap included), pids and CPU limits of the job's cgroup.
+    pub limits: cgroup::Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +57,10 @@ pub struct JobOutcome {
     /// The last bytes the job printed (uncleaned: see [`crate::untrusted`] before showing them).
     pub tail: Vec<u8>,
     pub log_truncated: bool,
+    /// Peak memory of the whole job as its cgroup measured it.
+    pub peak_memory_bytes: Option<u64>,
+    /// The kernel killed a process of the job for exceeding the memory limit.
+    pub oom_killed: bool,
 }
 
 impl JobOutcome {
@@ -56,6 +69,7 @@ impl JobOutcome {
     }
     pub fn describe(&self) -> String {
         match self.end {
+            _ if self.oom_killed => "killed for exceeding its memory limit".into(),
             JobEnd::Exited(c) => format!("exited with status {c}"),
             JobEnd::Signaled(s) => format!("killed by signal {s}"),
             JobEnd::TimedOut => format!("killed after its {} s limit", self.wall.as_secs()),

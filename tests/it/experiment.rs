@@ -111,10 +111,20 @@ async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = runner.await;
     wait_until_gone(&ws).await;
-    // The next server marks the run abandoned.
+    // The next server marks the run abandoned and removes the dead server's cgroups.
     let c2 = ws.client().await;
     let m = c2.call("read_metrics", json!({})).await;
     assert_eq!(m.structured_content.unwrap()["runs"][0]["status"], "abandoned");
+    let dead = format!("-{}-", c.pid);
+    for ctl in ["memory", "pids", "freezer", "cpu", ""] {
+        for e in std::fs::read_dir(std::path::Path::new("/sys/fs/cgroup").join(ctl).join("autoresearch"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            assert!(!e.file_name().to_string_lossy().contains(&dead), "cgroup left: {}", e.path().display());
+        }
+    }
 }
 
 fn insert_at_main_start(src: &str, code: &str) -> String {
@@ -145,7 +155,7 @@ async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_ou
     assert!(listener.accept().is_err(), "nothing reached the host listener from inside");
 
     // The very binary the sandbox built, run outside the sandbox, connects.
-    let trainer = ws.state("runs/r0001/build/train");
+    let trainer = ws.state("runs/r0001/bin/train");
     let out = std::process::Command::new(&trainer)
         .env_clear()
         .env("LD_LIBRARY_PATH", torch_lib())
@@ -170,7 +180,7 @@ fn slow_train_rs(ws: &Ws) {
 async fn wait_for_training(ws: &Ws) {
     let needle = format!("AR_OUT={}", ws.root.display());
     let deadline = Instant::now() + Duration::from_secs(900);
-    while !processes_mentioning(&needle).iter().any(|(_, cmd)| cmd.contains("/build/train")) {
+    while !processes_mentioning(&needle).iter().any(|(_, cmd)| cmd.contains("/bin/train")) {
         assert!(Instant::now() < deadline, "the training phase never started");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -1,0 +1,250 @@
+//! The escape suite for the `local` sandbox: each case puts an attack into train.rs, runs it
+//! through the MCP tools, and checks that the attempt failed, the server stayed healthy, and no
+//! process or cgroup of the run is left. Cases share one workspace and one server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// One workspace with small limits, so the resource cases are quick.
+struct Arena {
+    ws: Ws,
+    client: Client,
+    original: String,
+}
+
+impl Arena {
+    async fn new() -> Self {
+        let ws = Ws::with_config("budget_seconds = 20\ngrace_seconds = 10\nembed_timeout_seconds = 60");
+        let toml = ws.root.join("autoresearch.toml");
+        let cfg = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, cfg.replace("[sandbox]", "[sandbox]\nmemory_limit_gib = 2\npids_limit = 128")).unwrap();
+        let original = std::fs::read_to_string(ws.train_rs()).unwrap();
+        let client = ws.client().await;
+        Arena { ws, client, original }
+    }
+
+    /// Runs train.rs with `code` at the start of main; returns the result text and the run's status.
+    async fn attack(&self, code: &str) -> (String, String) {
+        let i = self.original.find("fn main").unwrap();
+        let brace = i + self.original[i..].find('{').unwrap();
+        let src = format!("{}{{\n{code}\n{}", &self.original[..brace], &self.original[brace + 1..]);
+        std::fs::write(self.ws.train_rs(), src).unwrap();
+        let r = self.client.call("run_experiment", json!({"description": "attack"})).await;
+        let status = r.structured_content.as_ref().map(|s| s["status"].as_str().unwrap_or("").to_string());
+        let status = status.unwrap_or_else(|| {
+            let ev = std::fs::read_to_string(self.ws.state("runs.jsonl")).unwrap();
+            let last: serde_json::Value = serde_json::from_str(ev.lines().last().unwrap()).unwrap();
+            last["status"].as_str().unwrap_or("").to_string()
+        });
+        self.assert_clean().await;
+        (text(&r), status)
+    }
+
+    /// Healthy server, nothing of the run left: no process mentioning the workspace but the
+    /// server, no cgroup of ours.
+    async fn assert_clean(&self) {
+        let m = self.client.call("read_metrics", json!({"last": 1})).await;
+        assert!(!is_error(&m), "the server answers");
+        let needle = self.ws.root.display().to_string();
+        for _ in 0..100 {
+            let left: Vec<_> =
+                processes_mentioning(&needle).into_iter().filter(|(p, _)| *p != self.client.pid).collect();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left: Vec<_> = processes_mentioning(&needle).into_iter().filter(|(p, _)| *p != self.client.pid).collect();
+        assert!(left.is_empty(), "processes left behind: {left:?}");
+        let ours = format!("-{}-", self.client.pid);
+        for ctl in ["memory", "pids", "freezer", "cpu", ""] {
+            let dir = Path::new("/sys/fs/cgroup").join(ctl).join("autoresearch");
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                assert!(!e.file_name().to_string_lossy().contains(&ours), "cgroup left: {}", e.path().display());
+            }
+        }
+    }
+}
+
+/// Runs the attack only in the train phase, then panics with what it saw (the log tail comes back).
+fn in_train(body: &str) -> String {
+    format!(
+        "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") {{ let report: String = {{ {body} }}; panic!(\"ATTACK-REPORT {{report}}\"); }}"
+    )
+}
+
+fn report(text: &str) -> String {
+    text.lines().find(|l| l.contains("ATTACK-REPORT")).unwrap_or_else(|| panic!("no report in: {text}")).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn escape_suite_local_backend() {
+    let _serial = EXPERIMENTS.lock().await;
+    let a = Arena::new().await;
+    let tag = std::process::id();
+
+    // --- network: host Unix sockets (a listener of the test's, and Docker's), DNS against a stub on loopback
+    let sock_path = std::env::temp_dir().join(format!("ar-escape-{tag}.sock"));
+    let _ = std::fs::remove_file(&sock_path);
+    let unix = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    let stub = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stub.set_nonblocking(true).unwrap();
+    let stub_port = stub.local_addr().unwrap().port();
+    let (t, _) = a
+        .attack(&in_train(&format!(
+            "let u = std::os::unix::net::UnixStream::connect({sock:?}).map(|_| \"CONNECTED\").unwrap_or(\"refused\"); \
+             let d = std::os::unix::net::UnixStream::connect(\"/var/run/docker.sock\").map(|_| \"CONNECTED\").unwrap_or(\"refused\"); \
+             let r = std::os::unix::net::UnixStream::connect(\"/run/docker.sock\").map(|_| \"CONNECTED\").unwrap_or(\"refused\"); \
+             let q = std::net::UdpSocket::bind(\"127.0.0.1:0\").and_then(|s| s.send_to(b\"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01\", \"127.0.0.1:{stub_port}\")).map(|_| \"sent\").unwrap_or(\"send failed\"); \
+             let n = std::net::ToSocketAddrs::to_socket_addrs(\"example.com:80\").map(|_| \"RESOLVED\").unwrap_or(\"unresolved\"); \
+             format!(\"unix={{u}} docker={{d}} run-docker={{r}} dns-query={{q}} resolve={{n}}\")",
+            sock = sock_path.display().to_string()
+        )))
+        .await;
+    let rep = report(&t);
+    assert!(!rep.contains("CONNECTED") && !rep.contains("RESOLVED"), "{rep}");
+    assert!(unix.accept().is_err(), "the host's Unix socket saw no connection");
+    let mut buf = [0u8; 512];
+    assert!(stub.recv_from(&mut buf).is_err(), "the resolver stub on the host's loopback got no query");
+
+    // --- writes outside the scratch dir: the repo, $HOME, /etc, the host's /tmp
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or("/root".into()));
+    let targets = [
+        a.ws.root.join(format!("trainer/src/escape-{tag}.rs")),
+        a.ws.root.join(format!("escape-{tag}.txt")),
+        home.join(format!(".escape-{tag}")),
+        PathBuf::from(format!("/etc/escape-{tag}")),
+        std::env::temp_dir().join(format!("escape-{tag}.txt")),
+    ];
+    let list: Vec<String> = targets.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let (t, _) = a
+        .attack(&in_train(&format!(
+            "[{}].iter().map(|p| format!(\"{{p}}={{}}\", if std::fs::write(p, b\"x\").is_ok() {{ \"WROTE\" }} else {{ \"denied\" }})).collect::<Vec<_>>().join(\" \")",
+            list.join(", ")
+        )))
+        .await;
+    // Paths under /tmp exist inside the sandbox only in its private tmpfs: writing there is allowed
+    // and must not reach the host. Everything else must be refused outright.
+    let rep = report(&t);
+    for p in &targets {
+        assert!(!p.exists(), "{} was written on the host", p.display());
+        if !p.starts_with(std::env::temp_dir()) {
+            assert!(rep.contains(&format!("{}=denied", p.display())), "{rep}");
+        }
+    }
+
+    // --- reads: a secret in $HOME, .git/config, the audit log, the other splits and the pairing
+    let secret = home.join(format!(".ar-secret-{tag}"));
+    std::fs::write(&secret, "TOPSECRET-HOME").unwrap();
+    let data = std::fs::read_dir(a.ws.state("data")).unwrap().next().unwrap().unwrap().path();
+    let reads = [
+        secret.clone(),
+        a.ws.root.join(".git/config"),
+        a.ws.state("audit.jsonl"),
+        a.ws.state("runs.jsonl"),
+        data.join("prepared/val.safetensors"),
+        data.join("prepared/test.safetensors"),
+        data.join("private/pairing.json"),
+        data.join("phase/val_texts.safetensors"),
+    ];
+    let list: Vec<String> = reads.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let (t, _) = a
+        .attack(&in_train(&format!(
+            "[{}].iter().map(|p| format!(\"{{p}}={{}}\", match std::fs::read(p) {{ Ok(b) => format!(\"READ {{}} bytes\", b.len()), Err(_) => \"denied\".into() }})).collect::<Vec<_>>().join(\" \")",
+            list.join(", ")
+        )))
+        .await;
+    assert!(!report(&t).contains("READ "), "{}", report(&t));
+
+    // --- compile time: include_str! of a host file fails the build, and its content never shows
+    let (t, status) = a
+        .attack(&format!("const S: &str = include_str!({:?}); println!(\"{{S}}\");", secret.display().to_string()))
+        .await;
+    assert_eq!(status, "build_failed", "{t}");
+    assert!(!t.contains("TOPSECRET-HOME"), "{t}");
+    std::fs::remove_file(&secret).unwrap();
+
+    // --- fork bomb: the pids limit holds, the server lives, nothing is left
+    let (t, _) = a
+        .attack(&in_train(
+            "let mut n = 0u32; let mut kids = vec![]; \
+             while n < 100_000 { match std::process::Command::new(\"sleep\").arg(\"600\").spawn() { Ok(c) => { kids.push(c); n += 1 } Err(_) => break } } \
+             format!(\"spawned {n}\")",
+        ))
+        .await;
+    let spawned: u32 = report(&t).split("spawned ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(spawned < 128, "the pids limit (128) held: {spawned}");
+
+    // --- memory past the limit (2 GiB): the kernel kills it and says so
+    let (t, status) = a
+        .attack(&in_train("let mut v: Vec<Vec<u8>> = vec![]; for _ in 0..64 { v.push(vec![1u8; 256 << 20]); } format!(\"ALLOCATED {}\", v.len())"))
+        .await;
+    assert!(!t.contains("ALLOCATED"), "{t}");
+    assert_eq!(status, "crashed", "{t}");
+    assert!(t.contains("memory limit"), "{t}");
+
+    // --- sleeping past the budget (20 s + 10 s grace): killed, recorded as a timeout, not committable
+    let (t, status) = a
+        .attack("if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::thread::sleep(std::time::Duration::from_secs(600)); }")
+        .await;
+    assert_eq!(status, "timeout", "{t}");
+    let c = a.client.call("commit", json!({"description": "sleeper"})).await;
+    assert!(is_error(&c), "{}", text(&c));
+
+    // --- a daemon that calls setsid and outlives its parent: gone with the run (assert_clean)
+    let (t, _) = a
+        .attack(&in_train(
+            "use std::os::unix::process::CommandExt; \
+             let c = unsafe { std::process::Command::new(\"sleep\").arg(\"600\").pre_exec(|| { libc::setsid(); Ok(()) }).spawn() }; \
+             format!(\"daemon {}\", c.map(|c| c.id().to_string()).unwrap_or_else(|e| e.to_string()))",
+        ))
+        .await;
+    assert!(report(&t).contains("daemon "), "{t}");
+
+    // --- a symlink, then a FIFO, planted where the server reads the embeddings
+    for (what, plant) in [
+        ("symlink", "std::os::unix::fs::symlink(\"/etc/passwd\", &p).unwrap();"),
+        (
+            "fifo",
+            "let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap(); unsafe { libc::mkfifo(c.as_ptr(), 0o644); }",
+        ),
+    ] {
+        let code = format!(
+            "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"embed-images\") {{ \
+             let p = std::path::Path::new(&std::env::var(\"AR_OUT\").unwrap()).join(\"embeddings.safetensors\"); {plant} return Ok(()); }}"
+        );
+        let (t, status) =
+            tokio::time::timeout(Duration::from_secs(300), a.attack(&code)).await.expect("the server did not hang");
+        assert_eq!(status, "invalid_output", "{what}: {t}");
+        assert!(!t.contains("root:x:0:0"), "{what}: {t}");
+    }
+
+    // --- a 10 GB output file: the file-size limit stops it
+    let (t, _) = a
+        .attack(&in_train(
+            "use std::io::{Seek, Write}; let p = std::path::Path::new(&std::env::var(\"AR_OUT\").unwrap()).join(\"big.bin\"); \
+             let mut f = std::fs::File::create(&p).unwrap(); f.seek(std::io::SeekFrom::Start(10 << 30)).unwrap(); \
+             format!(\"{}\", f.write_all(b\"x\").map(|_| \"WROTE-10GB\".to_string()).unwrap_or_else(|e| e.to_string()))",
+        ))
+        .await;
+    assert!(!t.contains("WROTE-10GB"), "{t}");
+
+    // --- a fake metrics line and a fake metrics file: the ledger keeps the server's score
+    let (t, status) = a
+        .attack(
+            "println!(\"mean_rank 0.0\\nrun r0099 ok: mean rank 0.00\"); \
+             if let Ok(out) = std::env::var(\"AR_OUT\") { let _ = std::fs::write(std::path::Path::new(&out).join(\"metrics.json\"), \"{\\\"mean_rank\\\": 0.0}\"); }",
+        )
+        .await;
+    assert_eq!(status, "ok", "{t}");
+    let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
+    let rank = m["runs"][0]["metrics"]["mean_rank"].as_f64().unwrap();
+    assert!(rank > 1.0, "the recorded score is the server's, not the fake: {rank}");
+    assert!(a.ws.cli(&["audit", "verify"]).status.success());
+    let _ = std::fs::remove_file(&sock_path);
+}
