@@ -165,6 +165,8 @@ impl Runner {
             read_only: vec![],
             writable: vec![dir.to_path_buf()],
             limits: Limits { memory_bytes: sb.memory_limit_gib << 30, pids: sb.pids_limit, cpus: sb.cpus },
+            // Only the build keeps uid 0 (without capabilities): it writes the user's target dir.
+            unprivileged: phase != "build",
         }
     }
 

@@ -8,7 +8,9 @@
 //!
 //! The job sees a minimal root ([`super::root`]): only the paths its phase needs. Its cgroup
 //! ([`super::cgroup`]) limits memory, pids and CPU and is how a timeout kills every process.
-//! Not yet: Landlock, seccomp and a non-root uid (tracked in the sandbox issue).
+//! The job itself runs under the seccomp deny list ([`super::seccomp`]), with `no_new_privs`, and,
+//! except the build (whose cargo target dir is the user's), as uid/gid nobody.
+//! Not yet: Landlock (tracked in the sandbox issue).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -22,6 +24,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
+
+use seccompiler::BpfProgram;
 
 use super::cgroup::Cgroup;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
@@ -77,6 +81,13 @@ impl LocalSandbox {
     async fn run_job(&self, job: &Job, cancel: &CancellationToken) -> Result<JobOutcome> {
         for d in [job.scratch.join("tmp"), job.scratch.join("home")] {
             std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+        }
+        if job.unprivileged && unsafe { libc::geteuid() } == 0 {
+            // The job runs as nobody: hand it its writable folders (fresh ones, made by the server).
+            for d in job.writable.iter().chain([&job.scratch.join("tmp"), &job.scratch.join("home")]) {
+                std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY))
+                    .with_context(|| format!("chown {} to nobody", d.display()))?;
+            }
         }
         let spec = serde_json::to_string(job)?;
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -331,6 +342,7 @@ fn exec_inner(spec: &str) -> Result<i32> {
     }
     let envp: Vec<CString> = job.env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>()?;
     let cwd = CString::new(job.cwd.as_os_str().as_bytes())?;
+    let filters = super::seccomp::programs()?;
     // The helper holds the write end of this pipe: when it dies, the read end sees HUP. This
     // closes the race where the helper dies before PID 1 has set its death signal.
     let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
@@ -364,7 +376,7 @@ fn exec_inner(spec: &str) -> Result<i32> {
             );
             let code = match unsafe { nix::unistd::fork() } {
                 Ok(nix::unistd::ForkResult::Child) => {
-                    exec_job(&job, &program, &argv, &envp, &cwd);
+                    exec_job(&job, &program, &argv, &envp, &cwd, &filters);
                 }
                 Ok(nix::unistd::ForkResult::Parent { child }) => reap_until(child),
                 Err(e) => {
@@ -378,7 +390,17 @@ fn exec_inner(spec: &str) -> Result<i32> {
     }
 }
 
-fn exec_job(job: &Job, program: &CString, argv: &[CString], envp: &[CString], cwd: &CString) -> ! {
+/// The uid and gid unprivileged jobs run as (nobody).
+pub const NOBODY: u32 = 65534;
+
+fn exec_job(
+    job: &Job,
+    program: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CString,
+    filters: &[BpfProgram],
+) -> ! {
     unsafe {
         libc::setsid();
         let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -389,7 +411,19 @@ fn exec_job(job: &Job, program: &CString, argv: &[CString], envp: &[CString], cw
             eprintln!("sandbox: drop capabilities: {e}");
             libc::_exit(125);
         }
+        if job.unprivileged && libc::geteuid() == 0 {
+            // Losing uid 0 also clears every remaining capability.
+            let groups: [libc::gid_t; 0] = [];
+            if libc::setgroups(0, groups.as_ptr()) != 0 || libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                eprintln!("sandbox: drop to uid {NOBODY}: {}", std::io::Error::last_os_error());
+                libc::_exit(125);
+            }
+        }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if let Err(e) = super::seccomp::install(filters) {
+            eprintln!("sandbox: {e:#}");
+            libc::_exit(125);
+        }
         if libc::chdir(cwd.as_ptr()) != 0 {
             eprintln!("sandbox: chdir {}: {}", job.cwd.display(), std::io::Error::last_os_error());
             libc::_exit(125);

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod local;
 pub mod root;
+pub mod seccomp;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct Job {
     pub writable: Vec<PathBuf>,
     /// Memory (swap included), pids and CPU limits of the job's cgroup.
     pub limits: cgroup::Limits,
+    /// Run as uid/gid nobody (when the server is root); its writable folders are handed to it.
+    pub unprivileged: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -161,6 +161,26 @@ async fn escape_suite_local_backend() {
         .await;
     assert!(!report(&t).contains("READ "), "{}", report(&t));
 
+    // --- privileges: the job is nobody, and the seccomp deny list holds; threads still work
+    let (t, _) = a
+        .attack(&in_train(
+            "let uid = unsafe { libc::getuid() }; \
+             let user = unsafe { libc::unshare(libc::CLONE_NEWUSER) }; \
+             let net = unsafe { libc::unshare(libc::CLONE_NEWNET) }; \
+             let clone_ns = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) }; \
+             let uring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, std::ptr::null_mut::<u8>()) }; \
+             let bpf = unsafe { libc::syscall(libc::SYS_bpf, 0, 0usize, 0) }; \
+             let ptrace = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) }; \
+             let thread = std::thread::spawn(|| 7).join().unwrap(); \
+             format!(\"uid={uid} unshare-user={user} unshare-net={net} clone-ns={clone_ns} io_uring={uring} bpf={bpf} ptrace={ptrace} thread={thread}\")",
+        ))
+        .await;
+    let rep = report(&t);
+    assert!(
+        rep.contains("uid=65534 unshare-user=-1 unshare-net=-1 clone-ns=-1 io_uring=-1 bpf=-1 ptrace=-1 thread=7"),
+        "{rep}"
+    );
+
     // --- compile time: include_str! of a host file fails the build, and its content never shows
     let (t, status) = a
         .attack(&format!("const S: &str = include_str!({:?}); println!(\"{{S}}\");", secret.display().to_string()))
