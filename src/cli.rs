@@ -49,6 +49,8 @@ pub enum Command {
     },
     /// Print the results table (Markdown) of every run.
     Report,
+    /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
+    Doctor,
     /// Write the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
     Synth {
         /// Output folder (default: the workspace's data/synthetic).

@@ -27,6 +27,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit { action, tool, outcome, since } => {
             audit_cmd(&paths, action.unwrap_or(AuditAction::List), tool, outcome, since)
         }
+        Command::Doctor => {
+            let checks = crate::doctor::run(&root).await;
+            Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Report => {
             let ledger = Ledger::open(&paths.ledger())?;
             print!("{}", crate::report::markdown_table(&ledger.runs()));

@@ -97,3 +97,13 @@ async fn second_server_on_the_same_workspace_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn doctor_runs_a_real_probe_job_in_the_sandbox() {
+    let ws = Ws::new();
+    let out = ws.cli(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("[ok  ] local sandbox: probe job     uid=65534"), "{stdout}");
+    assert!(stdout.contains("host-loopback=unreachable"), "{stdout}");
+}

@@ -1,0 +1,167 @@
+//! `autoresearch-mcp doctor`: what works on this machine and what to fix. Each check runs the real
+//! thing where it can (a job through the sandbox, torch inside it) rather than guessing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::experiment::Toolchain;
+use crate::pyenv::PyEnv;
+use crate::sandbox::cgroup::{Cgroup, Limits};
+use crate::sandbox::local::LocalSandbox;
+use crate::sandbox::{Job, Sandbox};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+fn check(name: &'static str, r: anyhow::Result<String>, fail: Level) -> Check {
+    match r {
+        Ok(detail) => Check { name, level: Level::Ok, detail },
+        Err(e) => Check { name, level: fail, detail: format!("{e:#}") },
+    }
+}
+
+/// Runs every check for the workspace at `root`.
+pub async fn run(root: &Path) -> Vec<Check> {
+    let mut out = vec![];
+    let config = Config::load(&root.join("autoresearch.toml"));
+    out.push(check(
+        "config",
+        config
+            .as_ref()
+            .map(|c| format!("backend {}, profile {}", c.sandbox.backend, c.experiment.profile.as_str()))
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+        Level::Fail,
+    ));
+    let id = nix::unistd::geteuid();
+    out.push(Check {
+        name: "user",
+        level: if id.is_root() { Level::Ok } else { Level::Warn },
+        detail: if id.is_root() {
+            "root: namespaces, cgroups and uid nobody for jobs are available".into()
+        } else {
+            format!("uid {id}: the local sandbox needs unprivileged user namespaces and a delegated cgroup; run as root if runs are refused")
+        },
+    });
+    out.push(check("cgroups", Cgroup::detect().map(|v| format!("cgroup {v}")), Level::Fail));
+    let pyenv = PyEnv::locate(root);
+    out.push(check(
+        "python env",
+        pyenv
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(|p| Ok(format!("{} (torch {})", p.dir.display(), p.torch_version()?))),
+        Level::Fail,
+    ));
+    out.push(check(
+        "rust toolchain",
+        Toolchain::detect().map(|t| format!("{} (CARGO_HOME {})", t.cargo.display(), t.cargo_home.display())),
+        Level::Fail,
+    ));
+    match LocalSandbox::from_current_exe() {
+        Ok(local) => {
+            out.push(check(
+                "local sandbox: namespaces",
+                local.check().map(|_| "network, PID, mount namespaces".into()),
+                Level::Fail,
+            ));
+            if let Ok(p) = &pyenv {
+                out.push(sandbox_probe(&local, p).await);
+            }
+        }
+        Err(e) => out.push(Check { name: "local sandbox", level: Level::Fail, detail: format!("{e:#}") }),
+    }
+    out.push(Check {
+        name: "docker backend",
+        level: Level::Warn,
+        detail: "not available in this version (use backend = \"local\")".into(),
+    });
+    out.push(Check {
+        name: "gpu",
+        level: if Path::new("/dev/nvidia0").exists() { Level::Ok } else { Level::Warn },
+        detail: if Path::new("/dev/nvidia0").exists() {
+            "NVIDIA device present (see the sandbox probe for CUDA inside the sandbox)".into()
+        } else {
+            "no NVIDIA device: experiments run on CPU (profile cpu or tests)".into()
+        },
+    });
+    out
+}
+
+/// Runs python + torch inside a full sandbox job (minimal root, cgroup, seccomp, uid nobody, no
+/// network) and reports what it sees: proof that jobs start here, and whether CUDA is visible.
+async fn sandbox_probe(local: &LocalSandbox, pyenv: &PyEnv) -> Check {
+    let dir = std::env::temp_dir().join(format!("autoresearch-doctor-{}", std::process::id()));
+    let scratch = dir.join("probe");
+    let _ = std::fs::create_dir_all(&scratch);
+    // A listener on the host's loopback that the job must not reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok();
+    let port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()).unwrap_or(9);
+    let code = format!(
+        "import socket, torch, os\n\
+         try:\n    socket.create_connection(('127.0.0.1', {port}), 2); net = 'REACHABLE'\n\
+         except OSError: net = 'unreachable'\n\
+         print(f'uid={{os.getuid()}} torch={{torch.__version__}} cuda={{torch.cuda.is_available()}} host-loopback={{net}}')"
+    );
+    let mut read_only = vec![pyenv.dir.clone()];
+    read_only.extend(pyenv.python_prefix());
+    let job = Job {
+        phase: "doctor".into(),
+        program: pyenv.bin().join("python"),
+        args: vec!["-c".into(), code],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("HOME".into(), scratch.join("home").display().to_string())],
+        cwd: scratch.clone(),
+        scratch: scratch.clone(),
+        timeout: Duration::from_secs(120),
+        log: dir.join("probe.log"),
+        log_cap: 1 << 20,
+        max_file_bytes: 1 << 30,
+        read_only,
+        writable: vec![scratch.clone()],
+        limits: Limits { memory_bytes: 4 << 30, pids: 256, cpus: 0.0 },
+        unprivileged: true,
+    };
+    let r = local.run(&job, &CancellationToken::new()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match r {
+        Ok(o) if o.success() => {
+            let line = String::from_utf8_lossy(&o.tail)
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("uid="))
+                .unwrap_or("")
+                .to_string();
+            Check { name: "local sandbox: probe job", level: Level::Ok, detail: line }
+        }
+        Ok(o) => Check {
+            name: "local sandbox: probe job",
+            level: Level::Fail,
+            detail: format!("{}: {}", o.describe(), String::from_utf8_lossy(&o.tail).trim()),
+        },
+        Err(e) => Check { name: "local sandbox: probe job", level: Level::Fail, detail: format!("{e:#}") },
+    }
+}
+
+pub fn print(checks: &[Check]) -> bool {
+    for c in checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        println!("[{tag}] {:<28} {}", c.name, c.detail);
+    }
+    !checks.iter().any(|c| c.level == Level::Fail)
+}
