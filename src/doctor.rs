@@ -83,6 +83,17 @@ pub async fn run(root: &Path) -> Vec<Check> {
         }
         Err(e) => out.push(Check { name: "local sandbox", level: Level::Fail, detail: format!("{e:#}") }),
     }
+    // landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) answers the kernel's ABI version.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    out.push(Check {
+        name: "landlock",
+        level: if abi > 0 { Level::Ok } else { Level::Warn },
+        detail: if abi > 0 {
+            format!("ABI {abi}: the file-system allowlist is enforced twice (minimal root + Landlock)")
+        } else {
+            "not available in this kernel: the minimal root alone enforces the file-system allowlist".into()
+        },
+    });
     out.push(Check {
         name: "docker backend",
         level: Level::Warn,

@@ -10,7 +10,7 @@
 //! ([`super::cgroup`]) limits memory, pids and CPU and is how a timeout kills every process.
 //! The job itself runs under the seccomp deny list ([`super::seccomp`]), with `no_new_privs`, and,
 //! except the build (whose cargo target dir is the user's), as uid/gid nobody.
-//! Not yet: Landlock (tracked in the sandbox issue).
+//! Landlock ([`super::landlock`]) repeats the file-system allowlist as a second layer.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -235,21 +235,21 @@ unsafe fn write_proc(path: &[u8], data: &[u8]) {
 }
 
 /// Job output: the first `cap` bytes go to the log file, the last [`TAIL_KEEP`] stay in memory.
-struct LogSink {
+pub(super) struct LogSink {
     file: std::fs::File,
     written: u64,
     cap: u64,
-    truncated: bool,
-    tail: VecDeque<u8>,
+    pub(super) truncated: bool,
+    pub(super) tail: VecDeque<u8>,
 }
 
 impl LogSink {
-    fn create(path: &std::path::Path, cap: u64) -> Result<Self> {
+    pub(super) fn create(path: &std::path::Path, cap: u64) -> Result<Self> {
         let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
         Ok(Self { file, written: 0, cap, truncated: false, tail: VecDeque::with_capacity(TAIL_KEEP) })
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    pub(super) fn push(&mut self, bytes: &[u8]) {
         let room = self.cap.saturating_sub(self.written) as usize;
         if room > 0 {
             let n = room.min(bytes.len());
@@ -269,7 +269,7 @@ impl LogSink {
         }
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let _ = self.file.flush();
     }
 }
@@ -420,6 +420,10 @@ fn exec_job(
             }
         }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if let Err(e) = super::landlock::restrict(job) {
+            eprintln!("sandbox: landlock: {e:#}");
+            libc::_exit(125);
+        }
         if let Err(e) = super::seccomp::install(filters) {
             eprintln!("sandbox: {e:#}");
             libc::_exit(125);
