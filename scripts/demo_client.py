@@ -40,8 +40,8 @@ def text_of(result) -> str:
 
 
 def print_runs_table(runs: list[dict]) -> None:
-    """One line per run; recalls in percent, time is the server-measured total (build, train, embed, score)."""
-    header = ("run", "status", "mean rank", "median", "i2t R@1/5/10", "t2i R@1/5/10", "time s", "description")
+    """One line per run; recalls in percent; times are server-measured (train phase, and all phases)."""
+    header = ("run", "status", "mean rank", "median", "i2t R@1/5/10", "t2i R@1/5/10", "train s", "total s", "description")
     rows = [header]
     for run in runs:
         m = run.get("metrics")
@@ -51,7 +51,9 @@ def print_runs_table(runs: list[dict]) -> None:
             ranks = (f"{m['mean_rank']:.2f}", f"{m['median_rank']:.1f}", i2t, t2i)
         else:
             ranks = ("-", "-", "-", "-")
-        rows.append((run["id"], run["status"], *ranks, f"{run['duration_s']:.0f}", run["description"]))
+        train = run["phases"].get("train")
+        train_s = "-" if train is None else f"{train:.0f}"
+        rows.append((run["id"], run["status"], *ranks, train_s, f"{run['duration_s']:.0f}", run["description"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -148,6 +148,8 @@ pub struct RunRow {
     pub overran: bool,
     /// Server-measured seconds, all phases.
     pub duration_s: f64,
+    /// Server-measured seconds per phase (build, train, embed, score).
+    pub phases: ledger::PhaseTimes,
     pub description: String,
     /// The earlier run with identical train.rs and fingerprint, if this was a repeat.
     pub repeat_of: Option<String>,
@@ -168,6 +170,7 @@ impl From<&Run> for RunRow {
             kept: r.kept,
             overran: r.overran,
             duration_s: r.phases.total,
+            phases: r.phases.clone(),
             description: r.description.clone(),
             repeat_of: r.repeat_of.clone(),
             reported: r.reported.clone(),
