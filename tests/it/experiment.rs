@@ -18,7 +18,8 @@ fn ledger_events(ws: &Ws) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
     let _serial = EXPERIMENTS.lock().await;
-    let ws = Ws::new();
+    // A budget far above the ~20 s the 400 steps take, so a loaded machine still trains fully.
+    let ws = Ws::with_config("budget_seconds = 300");
     let counter = ProgressCounter::default();
     let c = ws.client_with(counter.clone()).await;
     // Warm-up: builds the trainer (and prepares data) if this machine has not yet.
