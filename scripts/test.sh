@@ -19,6 +19,9 @@ cargo clippy --locked --all-targets -- -D warnings
 say "trainer tests (libtorch, CPU)"
 (cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" cargo test --release --locked)
 
+say "Docker engine and the offline sandbox test image (for the docker backend's tests)"
+scripts/docker-engine.sh
+
 say "server tests (unit + integration through rmcp's client)"
 cargo test --locked
 

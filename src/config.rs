@@ -71,8 +71,10 @@ pub struct DataConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// Only `local` for now.
+    /// `local` (namespaces, cgroups, seccomp, Landlock) or `docker` (one container per phase).
     pub backend: String,
+    /// The image of the `docker` backend (`scripts/docker-engine.sh` makes the offline test image).
+    pub docker_image: String,
     /// Shared cargo target dir for the trainer; empty means `trainer/target`.
     pub trainer_target_dir: PathBuf,
     /// Cap on the bytes of each phase's log kept on disk.
@@ -110,6 +112,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             backend: "local".into(),
+            docker_image: crate::sandbox::docker::DEFAULT_IMAGE.into(),
             trainer_target_dir: PathBuf::new(),
             log_cap_bytes: 8 << 20,
             memory_limit_gib: 16,
@@ -133,8 +136,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.sandbox.backend != "local" {
-            bail!("sandbox.backend = {:?}: only \"local\" is available in this version", self.sandbox.backend);
+        if !matches!(self.sandbox.backend.as_str(), "local" | "docker") {
+            bail!("sandbox.backend = {:?}: must be \"local\" or \"docker\"", self.sandbox.backend);
         }
         if !matches!(self.experiment.device.as_str(), "auto" | "cpu" | "cuda") {
             bail!("experiment.device must be auto, cpu or cuda");

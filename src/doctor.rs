@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::experiment::Toolchain;
 use crate::pyenv::PyEnv;
 use crate::sandbox::cgroup::{Cgroup, Limits};
+use crate::sandbox::docker::{DEFAULT_IMAGE, DockerSandbox};
 use crate::sandbox::local::LocalSandbox;
 use crate::sandbox::{Job, Sandbox};
 
@@ -94,11 +95,14 @@ pub async fn run(root: &Path) -> Vec<Check> {
             "not available in this kernel: the minimal root alone enforces the file-system allowlist".into()
         },
     });
-    out.push(Check {
-        name: "docker backend",
-        level: Level::Warn,
-        detail: "not available in this version (use backend = \"local\")".into(),
-    });
+    let image = config.as_ref().map(|c| c.sandbox.docker_image.clone()).unwrap_or_else(|_| DEFAULT_IMAGE.into());
+    let docker = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        DockerSandbox::new(image.clone())?.check()?;
+        Ok(format!("engine reachable, image {image} present"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+    out.push(check("docker backend", docker, Level::Warn));
     out.push(Check {
         name: "gpu",
         level: if Path::new("/dev/nvidia0").exists() { Level::Ok } else { Level::Warn },

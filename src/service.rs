@@ -249,8 +249,23 @@ impl Service {
                 audit: audit.head(),
             })?;
         }
-        let sandbox = match sandbox {
+        let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,
+            None if config.sandbox.backend == "docker" => {
+                let docker = Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?);
+                // Containers left by a server that died: removed in the background (needs the engine).
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let d = docker.clone();
+                    rt.spawn(async move {
+                        match d.reap_orphans().await {
+                            Ok(n) if n > 0 => tracing::warn!(n, "removed containers left by a server that died"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("could not look for orphan containers: {e:#}"),
+                        }
+                    });
+                }
+                docker
+            }
             None => Arc::new(LocalSandbox::from_current_exe()?),
         };
         Ok(Self {

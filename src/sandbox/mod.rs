@@ -3,6 +3,7 @@
 //! never an error; an error means the sandbox itself could not be set up, and then nothing ran.
 
 pub mod cgroup;
+pub mod docker;
 pub mod landlock;
 pub mod local;
 pub mod root;

@@ -1,6 +1,7 @@
-//! The escape suite for the `local` sandbox: each case puts an attack into train.rs, runs it
-//! through the MCP tools, and checks that the attempt failed, the server stayed healthy, and no
-//! process or cgroup of the run is left. Cases share one workspace and one server.
+//! The escape suite, for each sandbox backend (`local`, `docker`): each case puts an attack into
+//! train.rs, runs it through the MCP tools, and checks that the attempt failed, the server stayed
+//! healthy, and no process, cgroup or container of the run is left. Cases share one workspace and
+//! one server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,17 +15,28 @@ struct Arena {
     ws: Ws,
     client: Client,
     original: String,
+    docker: bool,
 }
 
 impl Arena {
-    async fn new() -> Self {
+    /// `sandbox` goes into the [sandbox] table (the backend's own lines).
+    fn workspace(sandbox: &str) -> Ws {
         let ws = Ws::with_config("budget_seconds = 20\ngrace_seconds = 10\nembed_timeout_seconds = 60");
         let toml = ws.root.join("autoresearch.toml");
         let cfg = std::fs::read_to_string(&toml).unwrap();
-        std::fs::write(&toml, cfg.replace("[sandbox]", "[sandbox]\nmemory_limit_gib = 2\npids_limit = 128")).unwrap();
+        let table = format!("[sandbox]\nmemory_limit_gib = 2\npids_limit = 128\n{sandbox}");
+        std::fs::write(&toml, cfg.replace("[sandbox]", table.trim_end())).unwrap();
+        ws
+    }
+
+    async fn new() -> Self {
+        Self::with(Self::workspace(""), false).await
+    }
+
+    async fn with(ws: Ws, docker: bool) -> Self {
         let original = std::fs::read_to_string(ws.train_rs()).unwrap();
         let client = ws.client().await;
-        Arena { ws, client, original }
+        Arena { ws, client, original, docker }
     }
 
     /// Runs train.rs with `code` at the start of main; returns the result text and the run's status.
@@ -67,6 +79,15 @@ impl Arena {
                 assert!(!e.file_name().to_string_lossy().contains(&ours), "cgroup left: {}", e.path().display());
             }
         }
+        if self.docker {
+            let out = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", "label=autoresearch-mcp=1"])
+                .args(["--filter", &format!("label=autoresearch-mcp.server-pid={}", self.client.pid)])
+                .output()
+                .unwrap();
+            let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(out.status.success() && left.is_empty(), "containers left: {left:?}");
+        }
     }
 }
 
@@ -84,7 +105,24 @@ fn report(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn escape_suite_local_backend() {
     let _serial = EXPERIMENTS.lock().await;
-    let a = Arena::new().await;
+    escape_suite(&Arena::new().await).await;
+}
+
+/// The same attacks against `backend = "docker"` (the offline test image). Skipped, with the
+/// reason printed, only when no Docker engine can be started (scripts/test.sh starts one).
+#[tokio::test(flavor = "multi_thread")]
+async fn escape_suite_docker_backend() {
+    if let Err(e) = tokio::task::spawn_blocking(crate::docker::engine).await.unwrap() {
+        eprintln!("SKIPPED escape_suite_docker_backend: no Docker engine could be started: {e}");
+        return;
+    }
+    let _serial = EXPERIMENTS.lock().await;
+    let image = autoresearch_mcp::sandbox::docker::DEFAULT_IMAGE;
+    let ws = Arena::workspace(&format!("backend = \"docker\"\ndocker_image = \"{image}\"\n"));
+    escape_suite(&Arena::with(ws, true).await).await;
+}
+
+async fn escape_suite(a: &Arena) {
     let tag = std::process::id();
 
     // --- network: host Unix sockets (a listener of the test's, and Docker's), DNS against a stub on loopback
@@ -176,10 +214,17 @@ async fn escape_suite_local_backend() {
         ))
         .await;
     let rep = report(&t);
-    assert!(
-        rep.contains("uid=65534 unshare-user=-1 unshare-net=-1 clone-ns=-1 io_uring=-1 bpf=-1 ptrace=-1 thread=7"),
-        "{rep}"
-    );
+    if a.docker {
+        // Docker's default seccomp profile (engine 20.10) allows io_uring and ptrace (confined to
+        // the container's own processes, all of them the job's): not checked here.
+        assert!(rep.contains("uid=65534 unshare-user=-1 unshare-net=-1 clone-ns=-1 "), "{rep}");
+        assert!(rep.contains(" bpf=-1 ") && rep.contains(" thread=7"), "{rep}");
+    } else {
+        assert!(
+            rep.contains("uid=65534 unshare-user=-1 unshare-net=-1 clone-ns=-1 io_uring=-1 bpf=-1 ptrace=-1 thread=7"),
+            "{rep}"
+        );
+    }
 
     // --- compile time: include_str! of a host file fails the build, and its content never shows
     let (t, status) = a

@@ -3,6 +3,7 @@
 mod common;
 
 mod audit_log;
+mod docker;
 mod escape;
 mod experiment;
 mod refusals;
