@@ -323,16 +323,7 @@ impl DockerSandbox {
 
     async fn run_job(&self, job: &Job, cancel: &CancellationToken) -> Result<JobOutcome> {
         let docker = self.client().await?;
-        for d in [job.scratch.join("tmp"), job.scratch.join("home")] {
-            std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
-        }
-        if job.unprivileged && unsafe { libc::geteuid() } == 0 {
-            // The job runs as nobody: hand it its writable folders (fresh ones, made by the server).
-            for d in job.writable.iter().chain([&job.scratch.join("tmp"), &job.scratch.join("home")]) {
-                std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY))
-                    .with_context(|| format!("chown {} to nobody", d.display()))?;
-            }
-        }
+        super::prepare_scratch(job)?;
         let config = self
             .config(docker, job)
             .await

@@ -83,6 +83,23 @@ impl JobOutcome {
     }
 }
 
+/// Creates the job's private TMPDIR and HOME inside its scratch dir and, for a job that runs as
+/// nobody under a root server, hands it its writable folders (fresh ones, made by the server).
+pub fn prepare_scratch(job: &Job) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let private = [job.scratch.join("tmp"), job.scratch.join("home")];
+    for d in &private {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    if job.unprivileged && nix::unistd::geteuid().is_root() {
+        for d in job.writable.iter().chain(&private) {
+            std::os::unix::fs::chown(d, Some(local::NOBODY), Some(local::NOBODY))
+                .with_context(|| format!("chown {} to nobody", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Sandbox: Send + Sync {
