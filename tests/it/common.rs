@@ -11,6 +11,9 @@ use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
+/// Set in every test server's environment; the escape suite checks that train.rs cannot see it.
+pub const CANARY: (&str, &str) = ("AUTORESEARCH_TEST_CANARY", "canary-5f3a9e");
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -75,7 +78,8 @@ impl Ws {
     pub async fn client_with<H: rmcp::ClientHandler>(&self, handler: H) -> Client<H> {
         let root = self.root.clone();
         let (transport, _stderr) = TokioChildProcess::builder(tokio::process::Command::new(bin()).configure(|cmd| {
-            cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn");
+            // A canary in the server's environment: no sandboxed phase may ever see it.
+            cmd.arg("-C").arg(&root).arg("serve").env("RUST_LOG", "warn").env(CANARY.0, CANARY.1);
         }))
         .stderr(std::process::Stdio::inherit())
         .spawn()
