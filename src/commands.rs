@@ -103,7 +103,7 @@ async fn serve(paths: &Paths) -> Result<ExitCode> {
     svc.shutdown.cancel();
     ct.cancel();
     for _ in 0..100 {
-        if svc.metrics_view(&Default::default()).in_flight.is_none() {
+        if svc.run_in_flight().is_none() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

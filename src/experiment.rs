@@ -349,7 +349,7 @@ impl Runner {
         let _ = phase.send("building the trainer".into());
         let (build, trainer) = self.build("train", &run_dir.join("build"), cancel).await?;
         o.phases.build = Some(build.wall.as_secs_f64());
-        if let Some(stop) = stopped(&build, "build", RunStatus::BuildFailed) {
+        if let Some(stop) = stopped(&build, RunStatus::BuildFailed) {
             o.status = stop;
             o.message = Some(match build.end {
                 JobEnd::Exited(_) => format!(
@@ -376,7 +376,7 @@ impl Runner {
         o.phases.train = Some(train.wall.as_secs_f64());
         o.overran = train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
         o.reported = read_reported(&out.join("train_summary.json"));
-        if let Some(stop) = stopped(&train, "train", RunStatus::Crashed) {
+        if let Some(stop) = stopped(&train, RunStatus::Crashed) {
             o.status = stop;
             o.message = Some(match train.end {
                 JobEnd::TimedOut => format!(
@@ -422,7 +422,7 @@ impl Runner {
             } else {
                 o.phases.embed_texts = secs
             }
-            if let Some(stop) = stopped(&r, name, RunStatus::Crashed) {
+            if let Some(stop) = stopped(&r, RunStatus::Crashed) {
                 o.status = stop;
                 // Only the status: embed output could carry validation data.
                 o.message = Some(format!(
@@ -456,7 +456,7 @@ impl Runner {
 }
 
 /// The status to stop with, if the job did not succeed.
-fn stopped(r: &JobOutcome, _phase: &str, failed: RunStatus) -> Option<RunStatus> {
+fn stopped(r: &JobOutcome, failed: RunStatus) -> Option<RunStatus> {
     match r.end {
         JobEnd::Exited(0) => None,
         JobEnd::Cancelled => Some(RunStatus::Cancelled),

@@ -257,10 +257,6 @@ impl Ledger {
     pub fn unfinished(&self) -> Vec<String> {
         self.runs().into_iter().filter(|r| r.status == RunStatus::Running).map(|r| r.id).collect()
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// The run that sets the bar: the best (lowest mean rank) kept run with this fingerprint, or else

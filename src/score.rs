@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use safetensors::{Dtype, SafeTensors};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -167,14 +167,6 @@ pub fn to_safetensors(e: &Embeddings) -> Vec<u8> {
     let bytes: Vec<u8> = e.data.iter().flat_map(|x| x.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![e.n, e.d], &bytes).expect("valid view");
     safetensors::serialize([("embeddings", view)], None).expect("serialize")
-}
-
-/// Guards against a caller mixing up which file is which.
-pub fn ensure_same_n(img: &Embeddings, txt: &Embeddings) -> Result<()> {
-    if img.n != txt.n {
-        bail!("image and text embeddings have {} and {} rows", img.n, txt.n);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -194,11 +194,6 @@ pub struct MetricsView {
     pub in_flight: Option<String>,
 }
 
-struct InFlight {
-    run_id: String,
-    cancel: CancellationToken,
-}
-
 // ------------------------------------------------------------------------------------------------
 // The service
 // ------------------------------------------------------------------------------------------------
@@ -212,7 +207,8 @@ pub struct Service {
     audit: AuditLog,
     runner: Mutex<Option<Runner>>,
     sandbox: Arc<dyn Sandbox>,
-    in_flight: Mutex<Option<InFlight>>,
+    /// The id of the run in flight: one at a time.
+    in_flight: Mutex<Option<String>>,
     /// Cancelled when the server shuts down: a run in flight stops and is recorded as cancelled.
     pub shutdown: CancellationToken,
     _lock: File,
@@ -292,8 +288,9 @@ impl Service {
         self.ws.lock().unwrap().read_train().ok().map(|b| sha256_hex(&b))
     }
 
-    fn run_in_flight(&self) -> Option<String> {
-        self.in_flight.lock().unwrap().as_ref().map(|f| f.run_id.clone())
+    /// The id of the run in flight, if any.
+    pub fn run_in_flight(&self) -> Option<String> {
+        self.in_flight.lock().unwrap().clone()
     }
 
     /// Runs `f` and writes its audit record.
@@ -322,10 +319,6 @@ impl Service {
         if let Err(e) = self.audit.append(rec) {
             tracing::error!("cannot write the audit log: {e:#}");
         }
-    }
-
-    pub fn audit_head(&self) -> Head {
-        self.audit.head()
     }
 
     // -------------------------------------------------------------------------------- edit_train
@@ -453,12 +446,12 @@ impl Service {
         let cancel = CancellationToken::new();
         let run_id = {
             let mut slot = self.in_flight.lock().unwrap();
-            if let Some(f) = slot.as_ref() {
-                return Reply::refused(format!("refused: run {} is already in flight; one run at a time", f.run_id));
+            if let Some(id) = slot.as_ref() {
+                return Reply::refused(format!("refused: run {id} is already in flight; one run at a time"));
             }
             let n = self.ledger.lock().unwrap().runs().len() + 1;
             let id = format!("r{n:04}");
-            *slot = Some(InFlight { run_id: id.clone(), cancel: cancel.clone() });
+            *slot = Some(id.clone());
             id
         };
         let _release = SlotGuard(&self.in_flight);
@@ -598,13 +591,6 @@ impl Service {
         let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
         reply.structured = this.as_ref().map(|r| json!(RunRow::from(r)));
         reply
-    }
-
-    /// Cancels the run in flight, if any (server shutdown does this through `shutdown`).
-    pub fn cancel_run(&self) {
-        if let Some(f) = self.in_flight.lock().unwrap().as_ref() {
-            f.cancel.cancel();
-        }
     }
 
     // -------------------------------------------------------------------------------- read_metrics
@@ -820,11 +806,6 @@ impl Service {
             }
         })
     }
-
-    /// Every audit head that something else recorded (sidecar, ledger, commits), for `audit verify`.
-    pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
-        recorded_heads(paths)
-    }
 }
 
 /// Heads recorded outside the audit log: the sidecar, every ledger line, every commit trailer.
@@ -852,7 +833,7 @@ pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
     Ok(heads)
 }
 
-struct SlotGuard<'a>(&'a Mutex<Option<InFlight>>);
+struct SlotGuard<'a>(&'a Mutex<Option<String>>);
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         *self.0.lock().unwrap() = None;

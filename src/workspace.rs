@@ -98,10 +98,6 @@ impl Workspace {
         blob_at(&self.repo, &head, TRAIN_RS)
     }
 
-    pub fn head_commit(&self) -> Result<String> {
-        Ok(self.repo.head()?.peel_to_commit()?.id().to_string())
-    }
-
     /// Commits `content` as train.rs on HEAD with `message`; only that path changes.
     pub fn commit_train(&self, content: &[u8], message: &str) -> Result<String> {
         let head = self.repo.head()?.peel_to_commit()?;

@@ -404,15 +404,6 @@ impl DockerSandbox {
         });
         // The attach stream ends with the container; do not wait forever on a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        let mut sink = sink.lock().unwrap();
-        sink.flush();
-        Ok(JobOutcome {
-            end,
-            wall,
-            tail: sink.tail.iter().copied().collect(),
-            log_truncated: sink.truncated,
-            peak_memory_bytes: None,
-            oom_killed: state.oom_killed.unwrap_or(false),
-        })
+        Ok(sink.lock().unwrap().finish(end, wall, None, state.oom_killed.unwrap_or(false)))
     }
 }

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
@@ -136,16 +136,7 @@ impl LocalSandbox {
             // Pipes close when the namespace is gone; do not wait forever on a stuck reader.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), r).await;
         }
-        let mut sink = sink.lock().unwrap();
-        sink.flush();
-        Ok(JobOutcome {
-            end,
-            wall,
-            tail: sink.tail.iter().copied().collect(),
-            log_truncated: sink.truncated,
-            peak_memory_bytes,
-            oom_killed,
-        })
+        Ok(sink.lock().unwrap().finish(end, wall, peak_memory_bytes, oom_killed))
     }
 }
 
@@ -260,8 +251,17 @@ impl LogSink {
         }
     }
 
-    pub(super) fn flush(&mut self) {
+    /// Flushes the log and makes the job's outcome from what was captured.
+    pub(super) fn finish(
+        &mut self,
+        end: JobEnd,
+        wall: Duration,
+        peak_memory_bytes: Option<u64>,
+        oom_killed: bool,
+    ) -> JobOutcome {
         let _ = self.file.flush();
+        let tail = self.tail.iter().copied().collect();
+        JobOutcome { end, wall, tail, log_truncated: self.truncated, peak_memory_bytes, oom_killed }
     }
 }
 
