@@ -74,6 +74,12 @@ pub enum Command {
         /// Extra `key = value` lines for the [experiment] table (e.g. "budget_seconds = 120").
         #[arg(long)]
         experiment: Vec<String>,
+        /// `key = value` lines for the [model] table (e.g. 'text_tower = "minilm"').
+        #[arg(long)]
+        model: Vec<String>,
+        /// Start train.rs from a named configuration in trainer/configs (`baseline` or `final`).
+        #[arg(long, default_value = "baseline")]
+        config: String,
     },
     #[command(hide = true)]
     SandboxExec { spec: String },

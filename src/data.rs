@@ -84,14 +84,17 @@ pub fn dataset_hash(dataset: &Path) -> Result<String> {
 }
 
 /// The cache folder for a dataset and profile.
-pub fn cache_dir(root: &Path, dataset: &Path, profile: &str) -> Result<PathBuf> {
+/// The cache folder of `dataset` prepared at `profile` with `tokenizer` (a different tokenizer gives
+/// different token ids, so it is part of the key).
+pub fn cache_dir(root: &Path, dataset: &Path, profile: &str, tokenizer: &Path) -> Result<PathBuf> {
     if !dataset.join("train.jsonl").exists() || !dataset.join("val.jsonl").exists() {
         bail!(
             "dataset {} has no train.jsonl/val.jsonl; run `autoresearch-mcp synth` or point data.dataset at an ODVG folder",
             dataset.display()
         );
     }
-    Ok(root.join(format!("{profile}-{}", dataset_hash(dataset)?)))
+    let tok = std::fs::read(tokenizer).with_context(|| format!("read the tokenizer {}", tokenizer.display()))?;
+    Ok(root.join(format!("{profile}-{}-{}", dataset_hash(dataset)?, &crate::fsutil::sha256_hex(&tok)[..8])))
 }
 
 /// Loads a finished cache, if `dir` holds one.

@@ -82,6 +82,64 @@ impl Runner {
         self.paths.root.join(&self.config.data.dataset)
     }
 
+    /// The pretrained towers as (`AR_IMAGE_TOWER`, `AR_TEXT_TOWER`) paths, checked to exist.
+    pub fn towers(&self) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+        let m = &self.config.model;
+        let resolve = |p: &Path, what: &str| -> Result<Option<PathBuf>> {
+            if p.as_os_str().is_empty() {
+                return Ok(None);
+            }
+            let path = if p == Path::new("minilm") { self.pyenv.minilm_dir()? } else { self.paths.root.join(p) };
+            if !path.exists() {
+                bail!("model.{what} = {} does not exist (see autoresearch.toml)", path.display());
+            }
+            Ok(Some(path))
+        };
+        let (image, text) = (resolve(&m.image_tower, "image_tower")?, resolve(&m.text_tower, "text_tower")?);
+        if let Some(t) = &text
+            && (!t.join("config.json").is_file() || !t.join("model.safetensors").is_file())
+        {
+            bail!(
+                "model.text_tower {} is not a Hugging Face folder with config.json and model.safetensors",
+                t.display()
+            );
+        }
+        Ok((image, text))
+    }
+
+    /// The `tokenizer.json` that `prepare` uses: `data.tokenizer`, else the text tower's, else MiniLM's.
+    pub fn tokenizer(&self) -> Result<PathBuf> {
+        if !self.config.data.tokenizer.as_os_str().is_empty() {
+            return Ok(self.paths.root.join(&self.config.data.tokenizer));
+        }
+        match self.towers()?.1 {
+            Some(dir) => {
+                let t = dir.join("tokenizer.json");
+                if !t.is_file() {
+                    bail!("the text tower {} has no tokenizer.json; set data.tokenizer", dir.display());
+                }
+                Ok(t)
+            }
+            None => self.pyenv.minilm_tokenizer(),
+        }
+    }
+
+    /// Identifies the pretrained towers for the fingerprint: file names, sizes and a hash of the first MiB
+    /// (hashing whole checkpoints on every run would cost seconds).
+    fn towers_id(&self) -> Result<String> {
+        let (image, text) = self.towers()?;
+        let mut parts = vec![];
+        for (what, path) in [("image", image), ("text", text.map(|d| d.join("model.safetensors")))] {
+            let Some(path) = path else { continue };
+            let file = if path.is_dir() { path.join("model.safetensors") } else { path };
+            let mut head = vec![0u8; 1 << 20];
+            let n = std::io::Read::read(&mut std::fs::File::open(&file)?, &mut head)?;
+            let len = std::fs::metadata(&file)?.len();
+            parts.push(format!("{what}:{len}:{}", &sha256_hex(&head[..n])[..12]));
+        }
+        Ok(parts.join(","))
+    }
+
     pub fn device(&self) -> String {
         match self.config.experiment.device.as_str() {
             "auto" if Path::new("/dev/nvidia0").exists() => "cuda".into(),
@@ -126,6 +184,7 @@ impl Runner {
             profile: self.config.experiment.profile.as_str().into(),
             device: self.device(),
             libtorch: self.pyenv.torch_version().unwrap_or_else(|_| "unknown".into()),
+            towers: self.towers_id()?,
         })
     }
 
@@ -237,9 +296,11 @@ impl Runner {
         Ok((outcome, copy))
     }
 
-    fn run_env(&self, phase: &str, data: &Path, out: &Path, seed: u64) -> Vec<(String, String)> {
+    /// The environment of a phase of `train`; with [`Runner::phase_mounts`] its read-only inputs.
+    fn run_env(&self, phase: &str, data: &Path, out: &Path, seed: u64) -> Result<Vec<(String, String)>> {
         let torch_lib = self.pyenv.torch_lib().map(|p| p.display().to_string()).unwrap_or_default();
-        vec![
+        let (image, text) = self.towers()?;
+        let mut env = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("LD_LIBRARY_PATH".into(), torch_lib),
             ("TORCH_CPP_LOG_LEVEL".into(), "ERROR".into()),
@@ -250,12 +311,31 @@ impl Runner {
             ("AR_BUDGET_S".into(), self.config.budget_seconds().to_string()),
             ("AR_SEED".into(), seed.to_string()),
             ("AR_DEVICE".into(), self.config.experiment.device.clone()),
-        ]
+        ];
+        env.extend(image.map(|p| ("AR_IMAGE_TOWER".into(), p.display().to_string())));
+        env.extend(text.map(|p| ("AR_TEXT_TOWER".into(), p.display().to_string())));
+        Ok(env)
+    }
+
+    /// Read-only paths of every phase of `train`: the binary, its inputs, libtorch and the pretrained towers.
+    fn phase_mounts(&self, inputs: &[&Path]) -> Result<Vec<PathBuf>> {
+        let mut ro: Vec<PathBuf> = inputs.iter().map(|p| p.to_path_buf()).collect();
+        ro.push(self.pyenv.dir.clone());
+        let (image, text) = self.towers()?;
+        ro.extend(image);
+        ro.extend(text);
+        Ok(ro)
     }
 
     /// The prepared cache for the configured dataset and profile, building it on first use.
     pub async fn ensure_data(&self, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Result<Prepared> {
-        let dir = data::cache_dir(&self.paths.prepared(), &self.dataset(), self.config.experiment.profile.as_str())?;
+        let tokenizer = self.tokenizer()?;
+        let dir = data::cache_dir(
+            &self.paths.prepared(),
+            &self.dataset(),
+            self.config.experiment.profile.as_str(),
+            &tokenizer,
+        )?;
         if let Some(p) = data::load_ready(&dir) {
             return Ok(p);
         }
@@ -271,11 +351,6 @@ impl Runner {
                 fenced_tail("build log", &build.tail)
             );
         }
-        let tokenizer = if self.config.data.tokenizer.as_os_str().is_empty() {
-            self.pyenv.minilm_tokenizer()?
-        } else {
-            self.paths.root.join(&self.config.data.tokenizer)
-        };
         let out = dir.join("prepared");
         std::fs::create_dir_all(&out)?;
         let args = vec![
@@ -368,8 +443,8 @@ impl Runner {
         let budget = self.config.budget_seconds();
         let limit = Duration::from_secs(budget + self.config.experiment.grace_seconds);
         // The training split only: validation and test are not in the job's file system.
-        let read_only = vec![trainer.clone(), data.train_file(), self.pyenv.dir.clone()];
-        let env = self.run_env("train", &data.train_file(), &out, seed);
+        let read_only = self.phase_mounts(&[&trainer, &data.train_file()])?;
+        let env = self.run_env("train", &data.train_file(), &out, seed)?;
         let mut job = self.job("train", trainer.clone(), vec![], env, &out, (limit, 4 << 30));
         job.read_only = read_only;
         let train = self.sandbox.run(&job, cancel).await?;
@@ -408,11 +483,11 @@ impl Runner {
             let _ = phase.send(format!("embedding ({name})"));
             let dir = run_dir.join(name);
             std::fs::create_dir_all(&dir)?;
-            let mut env = self.run_env(name, &input, &dir, seed);
+            let mut env = self.run_env(name, &input, &dir, seed)?;
             env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
             let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
             // One shuffled half of validation and the checkpoint; never the other half or the pairing.
-            let read_only = vec![trainer.clone(), input.clone(), ckpt.clone(), self.pyenv.dir.clone()];
+            let read_only = self.phase_mounts(&[&trainer, &input, &ckpt])?;
             let mut job = self.job(name, trainer.clone(), vec![], env, &dir, (t, 1 << 30));
             job.read_only = read_only;
             let r = self.sandbox.run(&job, cancel).await?;

@@ -29,6 +29,9 @@ pub struct Fingerprint {
     pub profile: String,
     pub device: String,
     pub libtorch: String,
+    /// The pretrained towers (names, sizes and a hash of their first bytes); empty when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub towers: String,
 }
 
 impl Fingerprint {

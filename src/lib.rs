@@ -34,5 +34,6 @@ pub mod score;
 pub mod server;
 pub mod service;
 pub mod synth;
+pub mod train_config;
 pub mod untrusted;
 pub mod workspace;

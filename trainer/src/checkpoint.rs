@@ -24,10 +24,14 @@ pub fn save(ctx: &Context, vs: &VarStore, vocab_size: i64) -> Result<()> {
     Tensor::write_safetensors(&named, &path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Loads `AR_CHECKPOINT` into `vs` (every variable of `vs` must be in the file).
+/// Loads `AR_CHECKPOINT` into `vs`: every variable of `vs` must be in the file with its shape; the error
+/// names each missing tensor, each wrong shape, or the first tensor a truncated file lacks.
 pub fn load(ctx: &Context, vs: &mut VarStore) -> Result<()> {
     let path = ctx.checkpoint.as_ref().context("AR_CHECKPOINT is not set")?;
-    // Copying into variables that require grad is only allowed outside autograd.
-    tch::no_grad(|| vs.read_safetensors(path))
-        .with_context(|| format!("loading checkpoint {}", path.display()))
+    let unused = crate::weights::load_all(vs, path, "the checkpoint")?;
+    let unused: Vec<String> = unused.into_iter().filter(|n| !n.starts_with("harness.")).collect();
+    if !unused.is_empty() {
+        eprintln!("checkpoint: tensors the model does not use: {}", crate::weights::summarize(&unused));
+    }
+    Ok(())
 }

@@ -18,6 +18,10 @@ pub enum Phase {
     EmbedImages,
     /// Embed the captions of `AR_DATA` with the checkpoint `AR_CHECKPOINT`.
     EmbedTexts,
+    /// One training step's loss and gradients on the fixed batch `AR_DATA` from the weights
+    /// `AR_CHECKPOINT`, dropout off (the parity check against the PyTorch reference; see
+    /// [`crate::step_check`]).
+    StepCheck,
 }
 
 impl Phase {
@@ -26,7 +30,10 @@ impl Phase {
             "train" => Ok(Phase::Train),
             "embed-images" => Ok(Phase::EmbedImages),
             "embed-texts" => Ok(Phase::EmbedTexts),
-            other => bail!("unknown AR_PHASE {other:?} (expected train, embed-images or embed-texts)"),
+            "step-check" => Ok(Phase::StepCheck),
+            other => {
+                bail!("unknown AR_PHASE {other:?} (expected train, embed-images, embed-texts or step-check)")
+            }
         }
     }
 }
@@ -59,6 +66,10 @@ pub struct Context {
     pub seed: u64,
     /// Where tensors live: CUDA if asked for or (`auto`) available, else CPU.
     pub device: Device,
+    /// Pretrained image tower (`AR_IMAGE_TOWER`): a timm ViT `model.safetensors` or its folder.
+    pub image_tower: Option<PathBuf>,
+    /// Pretrained text tower (`AR_TEXT_TOWER`): a Hugging Face BERT/DistilBERT folder.
+    pub text_tower: Option<PathBuf>,
 }
 
 fn var(name: &str) -> Result<Option<String>> {
@@ -98,7 +109,7 @@ impl Context {
         let out = PathBuf::from(required("AR_OUT")?);
         let checkpoint = var("AR_CHECKPOINT")?.map(PathBuf::from);
         if phase != Phase::Train && checkpoint.is_none() {
-            bail!("AR_CHECKPOINT is not set (the embed phases need the train phase's checkpoint)");
+            bail!("AR_CHECKPOINT is not set (the embed and step-check phases need a checkpoint)");
         }
         let budget_s = match var("AR_BUDGET_S")? {
             Some(s) => s
@@ -113,6 +124,15 @@ impl Context {
             None => DEFAULT_SEED,
         };
         let device = device_from_str(var("AR_DEVICE")?.as_deref().unwrap_or("auto"))?;
+        let image_tower = var("AR_IMAGE_TOWER")?.map(PathBuf::from);
+        let text_tower = var("AR_TEXT_TOWER")?.map(PathBuf::from);
+        for (name, p) in [("AR_IMAGE_TOWER", &image_tower), ("AR_TEXT_TOWER", &text_tower)] {
+            if let Some(p) = p {
+                if !p.exists() {
+                    bail!("{name} {} does not exist", p.display());
+                }
+            }
+        }
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let start = Instant::now();
         let budget = Duration::from_secs_f64(budget_s);
@@ -127,8 +147,13 @@ impl Context {
             deadline: start + budget,
             seed,
             device,
+            image_tower,
+            text_tower,
         };
         ctx.seed_all();
+        if ctx.device.is_cuda() {
+            crate::summary::cuda_memory::start();
+        }
         Ok(ctx)
     }
 
@@ -156,7 +181,7 @@ impl Context {
         self.start.elapsed().as_secs_f64()
     }
 
-    /// The vocabulary size recorded by `prepare` (train) or by the train phase's checkpoint (embed):
+    /// The vocabulary size recorded by `prepare` (train) or by the checkpoint (other phases):
     /// the text tower is built from it without the tokenizer, which is not mounted.
     pub fn vocab_size(&self) -> Result<i64> {
         let (file, key) = match self.phase {

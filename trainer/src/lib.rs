@@ -15,6 +15,11 @@
 //! - [`heatmap`]: Gaussian heatmaps from normalised boxes, as the reference's `bbox_to_heatmap`.
 //! - [`embed`]: the embed phases (fixed batches, no-grad, `embeddings.safetensors`).
 //! - [`checkpoint`]: saving and loading the VarStore, with the vocabulary size beside it.
+//! - [`towers`]: the timm ViT and Hugging Face BERT/DistilBERT towers, pretrained loading, WiSE-FT.
+//! - [`layers`]: linear/conv/norm builders with PyTorch's and timm's inits, attention head reshapes.
+//! - [`weights`]: safetensors reading and loading with errors that name tensors.
+//! - [`precision`]: bf16 autocast on CUDA.
+//! - [`step_check`]: the `step-check` phase's fixed batch and gradient dump (parity with PyTorch).
 //! - [`summary`]: `train_summary.json` (steps, final loss, peak memory, device, seconds).
 //! - [`safetensors_header`]: reading single small tensors without loading a whole file.
 
@@ -23,11 +28,16 @@ pub mod context;
 pub mod data;
 pub mod embed;
 pub mod heatmap;
+pub mod layers;
 pub mod odvg;
+pub mod precision;
 pub mod prepare;
 pub mod profile;
 pub mod safetensors_header;
+pub mod step_check;
 pub mod summary;
+pub mod towers;
+pub mod weights;
 
 pub use context::{Context, Phase};
 pub use data::{Batch, ExpertBatch, Sampler, TrainData};

@@ -1,8 +1,11 @@
-//! `AR_OUT/train_summary.json`: `{"steps","final_loss","peak_memory_bytes","device","train_seconds"}`.
+//! `AR_OUT/train_summary.json`:
+//! `{"steps","final_loss","peak_memory_bytes","device","train_seconds","steps_per_second"}`.
 //!
 //! Nothing here changes the score; the server records it beside the run. Peak memory is the process's
-//! maximum resident set on the CPU (`getrusage`); on CUDA tch 0.24 exposes no caching-allocator
-//! statistics, so it is `null` there.
+//! maximum resident set on the CPU (`getrusage`). On CUDA, tch 0.24 exposes no caching-allocator
+//! statistics, so a harness thread samples the device's memory in use (`cudaMemGetInfo`, every 20 ms)
+//! from the start of the phase: the peak includes the CUDA context and the allocator's cache, like
+//! `nvidia-smi` and `torch.cuda.max_memory_reserved()` plus the context.
 
 use crate::context::Context;
 use anyhow::{Context as _, Result};
@@ -24,6 +27,8 @@ pub struct Summary {
     pub device: String,
     /// Wall-clock seconds of the phase so far.
     pub train_seconds: f64,
+    /// `steps / train_seconds` (data loading and model building included).
+    pub steps_per_second: f64,
 }
 
 /// Maximum resident set size of this process in bytes.
@@ -38,7 +43,47 @@ pub fn max_rss_bytes() -> Option<u64> {
 pub fn peak_memory_bytes(ctx: &Context) -> Option<u64> {
     match ctx.device {
         tch::Device::Cpu => max_rss_bytes(),
-        _ => None,
+        _ => cuda_memory::peak(),
+    }
+}
+
+/// Sampling the CUDA device's memory in use from a background thread.
+pub mod cuda_memory {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+    static STARTED: OnceLock<bool> = OnceLock::new();
+
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+
+    fn mem_get_info() -> Option<MemGetInfo> {
+        // libcudart is loaded with libtorch_cuda (linked into every trainer binary, see build.rs).
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr()) };
+        // SAFETY: cudaMemGetInfo(size_t* free, size_t* total) -> cudaError_t has this signature.
+        (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, MemGetInfo>(sym) })
+    }
+
+    /// Starts the sampler once (on a CUDA run); later calls do nothing.
+    pub fn start() {
+        STARTED.get_or_init(|| {
+            let Some(f) = mem_get_info() else { return false };
+            std::thread::spawn(move || loop {
+                let (mut free, mut total) = (0usize, 0usize);
+                // SAFETY: two valid out-pointers.
+                if unsafe { f(&mut free, &mut total) } == 0 {
+                    PEAK.fetch_max(total.saturating_sub(free) as u64, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            });
+            true
+        });
+    }
+
+    /// The highest device memory in use seen so far, if the sampler runs and has seen any.
+    pub fn peak() -> Option<u64> {
+        Some(PEAK.load(Ordering::Relaxed)).filter(|p| *p > 0)
     }
 }
 
@@ -50,6 +95,7 @@ pub fn write(ctx: &Context, steps: u64, final_loss: f64) -> Result<Summary> {
         peak_memory_bytes: peak_memory_bytes(ctx),
         device: ctx.device_name().to_string(),
         train_seconds: ctx.elapsed_s(),
+        steps_per_second: steps as f64 / ctx.elapsed_s().max(1e-9),
     };
     let path = ctx.out.join(SUMMARY_FILE);
     std::fs::write(&path, serde_json::to_string_pretty(&s)? + "\n")
