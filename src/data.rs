@@ -1,7 +1,7 @@
 //! The prepared tensor cache and the private validation pairing.
 //!
 //! `prepare` (a fixed harness binary of the trainer, run in the sandbox) turns an ODVG dataset into
-//! safetensors once per (dataset, profile). The server then writes the validation split as two files,
+//! safetensors once per (dataset, profile, tokenizer) and, when cross-validating, once per fold. The server then writes the validation split as two files,
 //! images and texts, each in its own secret random row order, and keeps the orders in `private/`,
 //! which no phase is given. The test split is prepared but never handed to any phase of the loop.
 
@@ -55,46 +55,6 @@ impl Prepared {
         serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("read {}", p.display()))?)
             .context("parse pairing.json")
     }
-}
-
-/// A short hash of the dataset's annotation files and image listing (names and sizes).
-pub fn dataset_hash(dataset: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    for split in ["train", "val", "test"] {
-        let p = dataset.join(format!("{split}.jsonl"));
-        if let Ok(bytes) = std::fs::read(&p) {
-            h.update(split.as_bytes());
-            h.update(Sha256::digest(&bytes));
-        }
-    }
-    let images = dataset.join("images");
-    let mut names: Vec<(String, u64)> = match std::fs::read_dir(&images) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
-            .collect(),
-        Err(_) => vec![],
-    };
-    names.sort();
-    for (n, len) in names {
-        h.update(n.as_bytes());
-        h.update(len.to_le_bytes());
-    }
-    Ok(hex::encode(h.finalize())[..16].to_string())
-}
-
-/// The cache folder for a dataset and profile.
-/// The cache folder of `dataset` prepared at `profile` with `tokenizer` (a different tokenizer gives
-/// different token ids, so it is part of the key).
-pub fn cache_dir(root: &Path, dataset: &Path, profile: &str, tokenizer: &Path) -> Result<PathBuf> {
-    if !dataset.join("train.jsonl").exists() || !dataset.join("val.jsonl").exists() {
-        bail!(
-            "dataset {} has no train.jsonl/val.jsonl; run `autoresearch-mcp synth` or point data.dataset at an ODVG folder",
-            dataset.display()
-        );
-    }
-    let tok = std::fs::read(tokenizer).with_context(|| format!("read the tokenizer {}", tokenizer.display()))?;
-    Ok(root.join(format!("{profile}-{}-{}", dataset_hash(dataset)?, &crate::fsutil::sha256_hex(&tok)[..8])))
 }
 
 /// Loads a finished cache, if `dir` holds one.

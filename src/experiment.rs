@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::data::{self, Prepared};
+use crate::dataset::Layout;
 use crate::fsutil::{read_capped, sha256_hex};
 use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus};
 use crate::paths::Paths;
@@ -175,11 +176,19 @@ impl Runner {
         Ok(sha256_hex(&all)[..16].to_string())
     }
 
-    pub fn fingerprint(&self, data: &Prepared) -> Result<Fingerprint> {
+    /// The fingerprint of runs on `data` (one prepared cache, or one per fold).
+    pub fn fingerprint(&self, data: &[Prepared]) -> Result<Fingerprint> {
+        let hash = match data {
+            [one] => one.hash.clone(),
+            folds => {
+                let joined: Vec<&str> = folds.iter().map(|p| p.hash.as_str()).collect();
+                format!("cv{}-{}", folds.len(), &sha256_hex(joined.join(",").as_bytes())[..16])
+            }
+        };
         Ok(Fingerprint {
             harness: self.harness_hash()?,
-            data: data.hash.clone(),
-            val_n: data.val_n,
+            data: hash,
+            val_n: data.iter().map(|p| p.val_n).sum(),
             budget_seconds: self.config.budget_seconds(),
             profile: self.config.experiment.profile.as_str().into(),
             device: self.device(),
@@ -327,67 +336,114 @@ impl Runner {
         Ok(ro)
     }
 
-    /// The prepared cache for the configured dataset and profile, building it on first use.
-    pub async fn ensure_data(&self, cancel: &CancellationToken, phase: &watch::Sender<String>) -> Result<Prepared> {
+    /// The prepared data of an experiment, building it on first use: one cache for the fixed split, or
+    /// one per fold when `experiment.folds` cross-validates.
+    pub async fn ensure_data(
+        &self,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Result<Vec<Prepared>> {
         let tokenizer = self.tokenizer()?;
-        let dir = data::cache_dir(
-            &self.paths.prepared(),
-            &self.dataset(),
-            self.config.experiment.profile.as_str(),
-            &tokenizer,
-        )?;
-        if let Some(p) = data::load_ready(&dir) {
+        let layout = Layout::resolve(&self.dataset(), &self.config.data)?;
+        let tok = std::fs::read(&tokenizer).with_context(|| format!("read the tokenizer {}", tokenizer.display()))?;
+        // A different tokenizer gives different ids: part of the key, like the dataset and the profile.
+        let profile = self.config.experiment.profile.as_str();
+        let key = format!("{profile}-{}-{}", layout.hash()?, &sha256_hex(&tok)[..8]);
+        let folds = self.config.experiment.folds as usize;
+        if folds < 2 {
+            let dir = self.paths.prepared().join(key);
+            let mut prepare = None;
+            return Ok(vec![
+                self.prepare_into(&dir, &layout.splits(), &layout, &tokenizer, &mut prepare, cancel, phase).await?,
+            ]);
+        }
+        let root = self.paths.prepared().join(format!("{key}-cv{folds}"));
+        let dirs: Vec<PathBuf> = (1..=folds).map(|i| root.join(format!("fold-{i}"))).collect();
+        if let Some(ready) = dirs.iter().map(|d| data::load_ready(d)).collect::<Option<Vec<_>>>() {
+            return Ok(ready);
+        }
+        // The reference's protocol: seed 42 for the folds, whatever the experiment's seed.
+        let files = crate::dataset::write_folds(&layout, folds, 42, &root.join("odvg"))?;
+        let mut prepare = None;
+        let mut out = vec![];
+        for (i, (dir, (train, val))) in dirs.iter().zip(&files).enumerate() {
+            let _ = phase.send(format!("preparing fold {}/{folds}", i + 1));
+            let splits = [("train", train.as_path()), ("val", val.as_path())];
+            out.push(self.prepare_into(dir, &splits, &layout, &tokenizer, &mut prepare, cancel, phase).await?);
+        }
+        Ok(out)
+    }
+
+    /// Prepares `splits` (name, JSONL) with `layout`'s images into the cache folder `dir`, unless it is
+    /// ready. `prepare` is the prepare binary, built on first need.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_into(
+        &self,
+        dir: &Path,
+        splits: &[(&str, &Path)],
+        layout: &Layout,
+        tokenizer: &Path,
+        prepare: &mut Option<PathBuf>,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Result<Prepared> {
+        if let Some(p) = data::load_ready(dir) {
             return Ok(p);
         }
         let _ = phase.send("preparing data (first run with this dataset and profile)".into());
         let work = dir.join("work");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(&work)?;
-        let (build, prepare) = self.build("prepare", &work.join("build"), cancel).await?;
-        if !build.success() {
-            bail!(
-                "building the trainer's prepare tool {}:\n{}",
-                build.describe(),
-                fenced_tail("build log", &build.tail)
-            );
-        }
+        let bin = match prepare {
+            Some(b) => b.clone(),
+            None => {
+                let (build, bin) = self.build("prepare", &work.join("build"), cancel).await?;
+                if !build.success() {
+                    bail!(
+                        "building the trainer's prepare tool {}:\n{}",
+                        build.describe(),
+                        fenced_tail("build log", &build.tail)
+                    );
+                }
+                prepare.insert(bin).clone()
+            }
+        };
         let out = dir.join("prepared");
         std::fs::create_dir_all(&out)?;
-        let args = vec![
-            "--dataset".into(),
-            self.dataset().display().to_string(),
-            "--profile".into(),
-            self.config.experiment.profile.as_str().into(),
-            "--tokenizer".into(),
-            tokenizer.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
+        let mut args = vec!["--profile".into(), self.config.experiment.profile.as_str().into()];
+        args.extend(["--tokenizer".into(), tokenizer.display().to_string(), "--out".into(), out.display().to_string()]);
+        args.extend(["--images".into(), layout.images.display().to_string()]);
+        for (name, file) in splits {
+            args.extend(["--split".into(), format!("{name}={}", file.display())]);
+        }
         let torch_lib = self.pyenv.torch_lib()?.display().to_string();
         let env = vec![("PATH".into(), "/usr/bin:/bin".into()), ("LD_LIBRARY_PATH".into(), torch_lib)];
         let pdir = work.join("prepare");
         std::fs::create_dir_all(&pdir)?;
-        let read_only = vec![prepare.clone(), self.dataset(), tokenizer.clone(), self.pyenv.dir.clone()];
-        let mut job = self.job("prepare", prepare, args, env, &pdir, (Duration::from_secs(3600), 32 << 30));
+        let mut read_only = vec![bin.clone(), layout.images.clone(), tokenizer.to_path_buf(), self.pyenv.dir.clone()];
+        read_only.extend(splits.iter().map(|(_, f)| f.to_path_buf()));
+        let mut job = self.job("prepare", bin, args, env, &pdir, (Duration::from_secs(3600), 32 << 30));
         job.read_only = read_only;
         job.writable.push(out.clone());
         let run = self.sandbox.run(&job, cancel).await?;
         if !run.success() {
             bail!(
-                "preparing {} {}:\n{}",
+                "preparing {} ({} layout) {}:\n{}",
                 self.dataset().display(),
+                layout.kind,
                 run.describe(),
                 fenced_tail("prepare log", &run.tail)
             );
         }
-        data::finish(&dir)
+        data::finish(dir)
     }
 
-    /// Build, train, embed, score. `run_dir` exists and holds the train.rs snapshot.
+    /// Build, then train, embed and score on each prepared split (one, or one per fold: the metrics are
+    /// then the mean over folds). `run_dir` exists and holds the train.rs snapshot.
     pub async fn experiment(
         &self,
         run_dir: &Path,
-        data: &Prepared,
+        data: &[Prepared],
         seed: u64,
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
@@ -414,7 +470,7 @@ impl Runner {
     async fn phases(
         &self,
         run_dir: &Path,
-        data: &Prepared,
+        data: &[Prepared],
         seed: u64,
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
@@ -436,8 +492,40 @@ impl Runner {
             return Ok(());
         }
 
+        // 2 to 5, on each prepared split (fold).
+        let mut per_fold = vec![];
+        for (i, fold) in data.iter().enumerate() {
+            let (dir, label) = match data.len() {
+                1 => (run_dir.to_path_buf(), String::new()),
+                k => (run_dir.join(format!("fold-{}", i + 1)), format!(" (fold {}/{k})", i + 1)),
+            };
+            std::fs::create_dir_all(&dir)?;
+            match self.trial(&dir, &trainer, fold, seed, &label, cancel, phase, o).await? {
+                Some(m) => per_fold.push(m),
+                None => return Ok(()), // o.status and o.message say why
+            }
+        }
+        o.metrics = Some(Metrics::over_folds(&per_fold));
+        Ok(())
+    }
+
+    /// Train on `data`'s training split, embed its validation halves, score. `None` when the trial
+    /// stopped (the status and message are in `o`). Phase times add up over folds.
+    #[allow(clippy::too_many_arguments)]
+    async fn trial(
+        &self,
+        run_dir: &Path,
+        trainer: &Path,
+        data: &Prepared,
+        seed: u64,
+        label: &str,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+        o: &mut Outcome,
+    ) -> Result<Option<Metrics>> {
+        let trainer = trainer.to_path_buf();
         // 2. Train on the training split only.
-        let _ = phase.send("training".into());
+        let _ = phase.send(format!("training{label}"));
         let out = run_dir.join("train");
         std::fs::create_dir_all(&out)?;
         let budget = self.config.budget_seconds();
@@ -448,8 +536,8 @@ impl Runner {
         let mut job = self.job("train", trainer.clone(), vec![], env, &out, (limit, 4 << 30));
         job.read_only = read_only;
         let train = self.sandbox.run(&job, cancel).await?;
-        o.phases.train = Some(train.wall.as_secs_f64());
-        o.overran = train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
+        add(&mut o.phases.train, train.wall.as_secs_f64());
+        o.overran |= train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
         o.reported = read_reported(&out.join("train_summary.json"));
         if let Some(stop) = stopped(&train, RunStatus::Crashed) {
             o.status = stop;
@@ -459,14 +547,14 @@ impl Runner {
                     limit.as_secs(),
                     fenced_tail("train log", &train.tail)
                 ),
-                JobEnd::Cancelled => "cancelled during training".into(),
+                JobEnd::Cancelled => format!("cancelled during training{label}"),
                 _ => format!(
-                    "training crashed ({}). Read the log tail, fix train.rs or revert.\n{}",
+                    "training{label} crashed ({}). Read the log tail, fix train.rs or revert.\n{}",
                     train.describe(),
                     fenced_tail("train log", &train.tail)
                 ),
             });
-            return Ok(());
+            return Ok(None);
         }
         let ckpt = out.join("checkpoint.safetensors");
         if std::fs::symlink_metadata(&ckpt).map(|m| !m.file_type().is_file()).unwrap_or(true) {
@@ -474,13 +562,13 @@ impl Runner {
             o.message = Some(
                 "train.rs exited without writing checkpoint.safetensors (a regular file) through the harness".into(),
             );
-            return Ok(());
+            return Ok(None);
         }
 
         // 3 and 4. Embed images and texts in separate processes, each seeing one shuffled half.
         let mut files = vec![];
         for (name, input) in [("embed-images", data.val_images()), ("embed-texts", data.val_texts())] {
-            let _ = phase.send(format!("embedding ({name})"));
+            let _ = phase.send(format!("embedding ({name}){label}"));
             let dir = run_dir.join(name);
             std::fs::create_dir_all(&dir)?;
             let mut env = self.run_env(name, &input, &dir, seed)?;
@@ -491,12 +579,8 @@ impl Runner {
             let mut job = self.job(name, trainer.clone(), vec![], env, &dir, (t, 1 << 30));
             job.read_only = read_only;
             let r = self.sandbox.run(&job, cancel).await?;
-            let secs = Some(r.wall.as_secs_f64());
-            if name == "embed-images" {
-                o.phases.embed_images = secs
-            } else {
-                o.phases.embed_texts = secs
-            }
+            let secs = r.wall.as_secs_f64();
+            add(if name == "embed-images" { &mut o.phases.embed_images } else { &mut o.phases.embed_texts }, secs);
             if let Some(stop) = stopped(&r, RunStatus::Crashed) {
                 o.status = stop;
                 // Only the status: embed output could carry validation data.
@@ -504,13 +588,13 @@ impl Runner {
                     "{name} {}; its output is withheld (it may contain validation data). Check encode_image/encode_text in train.rs.",
                     r.describe()
                 ));
-                return Ok(());
+                return Ok(None);
             }
             files.push(dir.join("embeddings.safetensors"));
         }
 
         // 5. Score, here.
-        let _ = phase.send("scoring".into());
+        let _ = phase.send(format!("scoring{label}"));
         let t = Instant::now();
         let pairing = data.pairing()?;
         let scored = (|| -> Result<Metrics> {
@@ -518,16 +602,21 @@ impl Runner {
             let txt = score::load_embeddings(&files[1], "text", data.val_n)?.unshuffle(&pairing.text_order);
             Ok(score::score(&img, &txt)?)
         })();
-        o.phases.score = Some(t.elapsed().as_secs_f64());
+        add(&mut o.phases.score, t.elapsed().as_secs_f64());
         match scored {
-            Ok(m) => o.metrics = Some(m),
+            Ok(m) => Ok(Some(m)),
             Err(e) => {
                 o.status = RunStatus::InvalidOutput;
-                o.message = Some(format!("the embeddings cannot be scored: {e:#}. This counts as a crash."));
+                o.message = Some(format!("the embeddings{label} cannot be scored: {e:#}. This counts as a crash."));
+                Ok(None)
             }
         }
-        Ok(())
     }
+}
+
+/// Adds `secs` to a phase time that may not have started.
+fn add(slot: &mut Option<f64>, secs: f64) {
+    *slot = Some(slot.unwrap_or(0.0) + secs);
 }
 
 /// The status to stop with, if the job did not succeed.

@@ -31,6 +31,36 @@ pub struct Metrics {
     pub n: usize,
     /// What random retrieval scores on average: (n - 1) / 2.
     pub random_mean_rank: f64,
+    /// Each fold's mean rank when the run cross-validates (the other fields are then fold means).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<f64>,
+}
+
+impl Metrics {
+    /// The cross-validated metrics of per-fold `folds`: every field the mean over folds, `n` the total,
+    /// `folds` each fold's mean rank. One fold is returned as it is.
+    pub fn over_folds(folds: &[Metrics]) -> Metrics {
+        if folds.len() == 1 {
+            return folds[0].clone();
+        }
+        let k = folds.len() as f64;
+        let mean = |f: fn(&Metrics) -> f64| folds.iter().map(f).sum::<f64>() / k;
+        Metrics {
+            mean_rank: mean(|m| m.mean_rank),
+            median_rank: mean(|m| m.median_rank),
+            i2t_mean_rank: mean(|m| m.i2t_mean_rank),
+            t2i_mean_rank: mean(|m| m.t2i_mean_rank),
+            i2t_r1: mean(|m| m.i2t_r1),
+            i2t_r5: mean(|m| m.i2t_r5),
+            i2t_r10: mean(|m| m.i2t_r10),
+            t2i_r1: mean(|m| m.t2i_r1),
+            t2i_r5: mean(|m| m.t2i_r5),
+            t2i_r10: mean(|m| m.t2i_r10),
+            n: folds.iter().map(|m| m.n).sum(),
+            random_mean_rank: mean(|m| m.random_mean_rank),
+            folds: folds.iter().map(|m| m.mean_rank).collect(),
+        }
+    }
 }
 
 /// Why a pair of embedding files is not a score.
@@ -152,6 +182,7 @@ pub fn score(img: &Embeddings, txt: &Embeddings) -> Result<Metrics, InvalidEmbed
         t2i_r10: recall(&t2i, 10),
         n,
         random_mean_rank: (n as f64 - 1.0) / 2.0,
+        folds: vec![],
     })
 }
 

@@ -889,6 +889,15 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
                 "run {run_id} {status}: mean rank {:.2} (random would be {:.1}, N = {})",
                 m.mean_rank, m.random_mean_rank, m.n
             ));
+            if m.folds.len() > 1 {
+                let folds: Vec<String> = m.folds.iter().map(|f| format!("{f:.2}")).collect();
+                t.push_str(&format!(
+                    " = mean over {} folds [{}], sd {:.2}",
+                    m.folds.len(),
+                    folds.join(", "),
+                    sd(&m.folds).unwrap_or(0.0)
+                ));
+            }
             match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
                 Some((r, b)) => t.push_str(&format!(
                     ", delta {:+.2} vs {} {} ({:.2}); lower is better\n",

@@ -47,11 +47,21 @@ impl Ws {
 
     /// `extra` lines go into the [experiment] table of autoresearch.toml.
     pub fn with_config(extra: &str) -> Self {
+        Self::with_train_config(extra, "baseline")
+    }
+
+    /// Like [`Ws::with_config`], with train.rs started from the named configuration (trainer/configs).
+    pub fn with_train_config(extra: &str, config: &str) -> Self {
+        Self::build(extra, config, &test_dataset())
+    }
+
+    /// A workspace on `dataset`, train.rs from configuration `config`, `extra` lines in [experiment].
+    pub fn build(extra: &str, config: &str, dataset: &std::path::Path) -> Self {
         let dir = tempfile::Builder::new().prefix("arws-").tempdir().unwrap();
         let target = dir.path().join("ws");
         let mut cmd = std::process::Command::new(bin());
         cmd.arg("-C").arg(repo_root()).arg("new-workspace").arg(&target);
-        cmd.args(["--profile", "tests", "--tag", "test", "--dataset"]).arg(test_dataset());
+        cmd.args(["--profile", "tests", "--tag", "test", "--config", config, "--dataset"]).arg(dataset);
         for line in extra.lines().filter(|l| !l.trim().is_empty()) {
             cmd.args(["--experiment", line]);
         }

@@ -3,6 +3,8 @@
 mod common;
 
 mod audit_log;
+mod configs;
+mod datasets;
 mod docker;
 mod escape;
 mod experiment;

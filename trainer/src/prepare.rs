@@ -305,12 +305,33 @@ pub fn prepare_split(
     Ok((tensors, report))
 }
 
-/// Runs `prepare --dataset DIR --profile P --tokenizer FILE --out DIR`: every split present in
-/// `dataset`, then `prepare_report.json`. Progress goes to stderr.
-pub fn run(dataset: &Path, profile: &Profile, tokenizer_path: &Path, out: &Path) -> Result<Report> {
+/// The splits of the standard layout present in `dataset` (`DIR/<split>.jsonl`), with `DIR/images`.
+pub fn standard_layout(dataset: &Path) -> (Vec<(String, PathBuf)>, PathBuf) {
+    let splits = SPLITS
+        .iter()
+        .map(|s| (s.to_string(), dataset.join(format!("{s}.jsonl"))))
+        .filter(|(s, p)| {
+            let present = p.is_file();
+            if !present {
+                eprintln!("{s}: no {}, skipped", p.display());
+            }
+            present
+        })
+        .collect();
+    (splits, dataset.join("images"))
+}
+
+/// Runs `prepare`: every (split, JSONL) of `splits` with images from `images_dir`, then
+/// `prepare_report.json`. Progress goes to stderr.
+pub fn run(
+    splits: &[(String, PathBuf)],
+    images_dir: &Path,
+    profile: &Profile,
+    tokenizer_path: &Path,
+    out: &Path,
+) -> Result<Report> {
     let tokenizer = load_tokenizer(tokenizer_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let images_dir = dataset.join("images");
     let mut report = Report {
         profile: profile.name.to_string(),
         image_size: profile.image_size,
@@ -319,14 +340,9 @@ pub fn run(dataset: &Path, profile: &Profile, tokenizer_path: &Path, out: &Path)
         vocab_size: tokenizer.get_vocab_size(true) as i64,
         splits: BTreeMap::new(),
     };
-    for split in SPLITS {
-        let jsonl = dataset.join(format!("{split}.jsonl"));
-        if !jsonl.is_file() {
-            eprintln!("{split}: no {}, skipped", jsonl.display());
-            continue;
-        }
+    for (split, jsonl) in splits {
         eprintln!("{split}: reading {}", jsonl.display());
-        let (tensors, r) = prepare_split(&jsonl, &images_dir, profile, &tokenizer)?;
+        let (tensors, r) = prepare_split(jsonl, images_dir, profile, &tokenizer)?;
         let path = out.join(format!("{split}.safetensors"));
         write_safetensors(&path, &tensors)?;
         eprintln!(
@@ -336,7 +352,7 @@ pub fn run(dataset: &Path, profile: &Profile, tokenizer_path: &Path, out: &Path)
             r.skipped,
             path.display()
         );
-        report.splits.insert(split.to_string(), r);
+        report.splits.insert(split.clone(), r);
     }
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out.join("prepare_report.json"), json + "\n").context("writing prepare_report.json")?;
