@@ -233,3 +233,51 @@ fn load_tower(vs: &VarStore, var_prefix: &str, file: &Path, anchor: &str, what: 
     );
     Ok(Loaded { what: what.to_string(), tensors: loaded.tensors })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::towers::{TextConfig, TextTower, VisionTransformer, VitConfig};
+    use crate::Profile;
+    use tch::{Device, Kind};
+
+    /// A small DistilBERT saved as a Hugging Face folder (config.json + model.safetensors) in `dir`.
+    fn save_text_tower(dir: &Path, cfg: &TextConfig) {
+        let vs = VarStore::new(Device::Cpu);
+        let _t = TextTower::new(vs.root(), cfg);
+        vs.save(dir.join("model.safetensors")).unwrap();
+        let config = serde_json::json!({"model_type": "distilbert", "vocab_size": cfg.vocab_size, "dim": cfg.width,
+            "n_layers": cfg.layers, "n_heads": cfg.heads, "hidden_dim": cfg.mlp, "max_position_embeddings": 512,
+            "activation": "gelu"});
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn wise_ft_pulls_only_the_pretrained_tower_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::tests();
+        let text_cfg = TextConfig::from_profile(&p, 50);
+        save_text_tower(dir.path(), &text_cfg);
+        assert_eq!(text_config(dir.path()).unwrap(), text_cfg);
+
+        let vs = VarStore::new(Device::Cpu);
+        let _vit = VisionTransformer::new(vs.root() / "image" / "backbone", &VitConfig::from_profile(&p));
+        let _text = TextTower::new(vs.root() / "text" / "backbone", &text_cfg);
+        let pre = Pretrained::load_from(&vs, None, Some((dir.path(), "text.backbone."))).unwrap();
+        let before: std::collections::HashMap<String, Tensor> =
+            vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+        // "Fine-tuning": every weight moves by +1.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_scalar_(1.0);
+            }
+        });
+        pre.wise_ft(&vs, 0.1).unwrap();
+        for (name, v) in vs.variables() {
+            let delta = (&v - &before[&name]).mean(Kind::Float).double_value(&[]);
+            let expect = if name.starts_with("text.") { 0.9 } else { 1.0 };
+            assert!((delta - expect).abs() < 1e-5, "{name}: moved {delta}, expected {expect}");
+        }
+        assert!(pre.wise_ft(&vs, 1.5).is_err());
+    }
+}
