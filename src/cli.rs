@@ -47,8 +47,13 @@ pub enum Command {
         #[arg(long)]
         since: Option<String>,
     },
-    /// Print the results table (Markdown) of every run.
-    Report,
+    /// Write the progress chart (SVG, PNG), the results table (TSV, Markdown), every run's diff and
+    /// one self-contained report.html; print the table and the paths.
+    Report {
+        /// Output folder (default: the workspace's .autoresearch/report/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
     Doctor,
     /// Write the built-in synthetic grounded dataset (ODVG JSONL + PNG images).

@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Outcome};
 use crate::cli::{AuditAction, Cli, Command};
-use crate::ledger::Ledger;
 use crate::paths::Paths;
 use crate::server::AutoresearchServer;
 use crate::service::{RunExperimentArgs, Service, recorded_heads};
@@ -31,11 +30,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let checks = crate::doctor::run(&root).await;
             Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Report => {
-            let ledger = Ledger::open(&paths.ledger())?;
-            print!("{}", crate::report::markdown_table(&ledger.runs()));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Report { out } => report(&paths, out),
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -71,6 +66,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::SandboxExec { .. } => unreachable!("handled in main before the runtime starts"),
     }
+}
+
+fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| paths.report());
+    eprintln!("report: reading {} and writing {}", paths.relative(&paths.ledger()).display(), out.display());
+    let written = crate::report::write(paths, &out)?;
+    print!("{}", written.markdown);
+    println!();
+    let diff_dir = out.join("diffs");
+    let (diffs, main): (Vec<_>, Vec<_>) = written.files.iter().partition(|f| f.starts_with(&diff_dir));
+    for f in main {
+        println!("wrote {}", f.display());
+    }
+    println!("wrote {} ({} diffs)", diff_dir.display(), diffs.len());
+    println!("open {} in a browser", out.join("report.html").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
