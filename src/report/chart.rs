@@ -209,7 +209,8 @@ pub fn svg(report: &Report) -> String {
         }
     }
 
-    // The runs: discarded first, so kept points and labels draw on top.
+    // The runs: discarded first, so kept points draw on top; their labels after all points.
+    let mut labels = String::new();
     let order = [Kind::Discarded, Kind::Cancelled, Kind::Crashed, Kind::Baseline, Kind::Kept];
     for kind in order {
         for e in entries.iter().filter(|e| e.kind == kind) {
@@ -234,21 +235,18 @@ pub fn svg(report: &Report) -> String {
                 (Kind::Kept, Some(y)) => {
                     let _ = write!(
                         o,
-                        r##"<circle cx="{x:.1}" cy="{y:.1}" r="6" fill="{GREEN}" stroke="#0d5e26" stroke-width="1.2"/><text class="label" transform="translate({:.1} {:.1}) rotate(-30)" font-size="11" fill="#0d5e26">{}</text>"##,
-                        x + 7.0,
-                        y - 7.0,
-                        escape(&short_label(&e.run.description, LABEL_CHARS))
+                        r##"<circle cx="{x:.1}" cy="{y:.1}" r="6" fill="{GREEN}" stroke="#0d5e26" stroke-width="1.2"/>"##
                     );
+                    label(&mut labels, x, y, &short_label(&e.run.description, LABEL_CHARS), "#0d5e26");
                 }
                 (Kind::Baseline, Some(y)) => {
                     let _ = write!(
                         o,
-                        r##"<rect x="{:.1}" y="{:.1}" width="11" height="11" fill="{BLUE}" stroke="#1a4a80"/><text class="label" transform="translate({:.1} {:.1}) rotate(-30)" font-size="11" fill="#1a4a80">baseline</text>"##,
+                        r##"<rect x="{:.1}" y="{:.1}" width="11" height="11" fill="{BLUE}" stroke="#1a4a80"/>"##,
                         x - 5.5,
-                        y - 5.5,
-                        x + 7.0,
-                        y - 7.0
+                        y - 5.5
                     );
+                    label(&mut labels, x, y, "baseline", "#1a4a80");
                 }
                 (Kind::Discarded, Some(y)) => {
                     let _ = write!(o, r##"<circle cx="{x:.1}" cy="{y:.1}" r="4.5" fill="#cfcfcf" stroke="{GREY}"/>"##);
@@ -284,9 +282,24 @@ pub fn svg(report: &Report) -> String {
         }
     }
 
+    let _ = writeln!(o, r#"<g class="labels">{labels}</g>"#);
     legend(&mut o);
     o.push_str("</svg>\n");
     o
+}
+
+/// A point's label, slanted up and to the right; up and to the left where it would leave the chart.
+fn label(o: &mut String, x: f64, y: f64, text: &str, colour: &str) {
+    // DejaVu Sans at 11 px averages about 6.3 px a character; cos 30° of that is horizontal.
+    let reach = text.chars().count() as f64 * 6.3 * 0.87 + 10.0;
+    let (dx, angle, anchor) = if x + reach > WIDTH - 8.0 { (-7.0, 30, "end") } else { (7.0, -30, "start") };
+    let _ = write!(
+        o,
+        r##"<text class="label" transform="translate({:.1} {:.1}) rotate({angle})" text-anchor="{anchor}" font-size="11" fill="{colour}" stroke="#ffffff" stroke-width="3" stroke-opacity="0.85" paint-order="stroke">{}</text>"##,
+        x + dx,
+        y - 7.0,
+        escape(text)
+    );
 }
 
 fn legend(o: &mut String) {
