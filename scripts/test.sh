@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, the server's unit and integration tests (real MCP
 # client, real git, real sandbox, real libtorch trainer on CPU), the trainer's own tests, the Python
-# MCP client tests, and the cheap-tool latency benchmark (prints figures, asserts nothing).
+# MCP client tests, and the benchmarks (cheap-tool latency, audit on a 100k-line log: they print
+# figures and assert nothing). Installs Debian's chromium if missing (the report test renders in it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -22,6 +23,14 @@ say "trainer tests (libtorch, CPU)"
 say "Docker engine and the offline sandbox test image (for the docker backend's tests)"
 scripts/docker-engine.sh
 
+say "Chromium (the report test renders report.html in it, headless)"
+if ! [[ -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+    say "chromium missing: installing Debian's chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq chromium >&2
+fi
+
 say "server tests (unit + integration through rmcp's client)"
 cargo test --locked
 
@@ -31,3 +40,6 @@ AUTORESEARCH_BIN="$PWD/target/debug/autoresearch-mcp" "$ENV/bin/python" -m pytes
 
 say "benchmark: cheap tool latency"
 cargo bench --locked --bench cheap_tools
+
+say "benchmark: audit list/summary/verify on a 100k-line log"
+cargo bench --locked --bench audit_scale

@@ -131,54 +131,105 @@ impl Verification {
 /// Checks the chain line by line, then checks every recorded head (sidecar, ledger lines, commit
 /// trailers) against the log: a recorded head whose line is missing or different means truncation
 /// or an edit after the fact.
+///
+/// The first bad line is pinpointed: an edited line is the one before the first line whose `prev`
+/// names no line of the log; a moved line is one whose `prev` names a line elsewhere; a line that
+/// is not an audit record is itself bad; a truncated log is caught by a recorded head.
 pub fn verify(path: &Path, recorded_heads: &[(String, Head)]) -> Result<Verification> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
-    let mut hashes: Vec<String> = Vec::new();
-    let mut prev = GENESIS.to_string();
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let hashes: Vec<String> = lines.iter().map(|l| sha256_hex(l)).collect();
+    // Built only when the chain breaks, to say where the line came from.
+    let mut index: Option<std::collections::HashMap<&str, u64>> = None;
     let mut first_bad = None;
-    for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         let n = i as u64 + 1;
-        match serde_json::from_slice::<AuditRecord>(line) {
+        let expected = if i == 0 { GENESIS } else { hashes[i - 1].as_str() };
+        let prev = match serde_json::from_slice::<Chained>(line) {
             Err(e) => {
-                first_bad.get_or_insert((n, format!("not a valid audit record: {e}")));
+                first_bad = Some((n, format!("line {n} is not a valid audit record ({e}): it was edited")));
+                break;
             }
-            Ok(rec) if rec.prev != prev => {
-                first_bad.get_or_insert((
-                    n,
-                    "previous-line hash does not match: a line before it was edited, removed or reordered".to_string(),
-                ));
-            }
-            Ok(_) => {}
+            Ok(c) => c.prev,
+        };
+        if prev == expected {
+            continue;
         }
-        prev = sha256_hex(line);
-        hashes.push(prev.clone());
+        let index = index.get_or_insert_with(|| {
+            hashes
+                .iter()
+                .enumerate()
+                .map(|(j, h)| (h.as_str(), j as u64 + 1))
+                .collect::<std::collections::HashMap<_, _>>()
+        });
+        first_bad = Some(match (prev.as_str(), index.get(prev.as_str())) {
+            (GENESIS, _) => (
+                1,
+                format!("line {n} was written as the first line of the log: lines 1-{} were inserted before it", n - 1),
+            ),
+            (_, Some(&k)) if k > n => (
+                n,
+                format!("line {n} was written right after line {k}, which now comes after it: lines were reordered"),
+            ),
+            (_, Some(&k)) => (
+                k + 1,
+                format!(
+                    "line {n} was written right after line {k}: line{} {} inserted or moved here",
+                    if k + 1 == n - 1 { format!(" {}", k + 1) } else { format!("s {}-{}", k + 1, n - 1) },
+                    if k + 1 == n - 1 { "was" } else { "were" }
+                ),
+            ),
+            (_, None) if n == 1 => {
+                (1, "line 1 follows a line that is not in the log: lines were removed from the start".to_string())
+            }
+            (_, None) => (
+                n - 1,
+                format!(
+                    "line {} was edited, or lines after it were removed: line {n} names a predecessor that is not in the log",
+                    n - 1
+                ),
+            ),
+        });
+        break;
     }
-    let head = Head { hash: prev, lines: hashes.len() as u64 };
+    let head = Head { hash: hashes.last().cloned().unwrap_or_else(|| GENESIS.to_string()), lines: hashes.len() as u64 };
     if first_bad.is_none() {
         for (source, rec) in recorded_heads {
             let found = match rec.lines {
-                0 => Some(GENESIS.to_string()),
-                n => hashes.get(n as usize - 1).cloned(),
+                0 => Some(GENESIS),
+                n => hashes.get(n as usize - 1).map(String::as_str),
             };
-            if found.as_deref() != Some(rec.hash.as_str()) {
-                let why = if rec.lines > head.lines {
-                    format!(
-                        "{source} recorded {} lines but the log has {}: lines were removed from the end",
-                        rec.lines, head.lines
-                    )
-                } else {
-                    format!("{source} recorded a different hash for this line: it was edited")
-                };
-                first_bad = Some((rec.lines.min(head.lines.max(1)), why));
-                break;
+            if found == Some(rec.hash.as_str()) {
+                continue;
             }
+            first_bad = Some(if rec.lines > head.lines {
+                (
+                    head.lines + 1,
+                    format!(
+                        "{source} recorded {} lines but the log has {}: lines {}-{} were removed from the end",
+                        rec.lines,
+                        head.lines,
+                        head.lines + 1,
+                        rec.lines
+                    ),
+                )
+            } else {
+                (rec.lines, format!("{source} recorded a different hash for line {}: it was edited", rec.lines))
+            });
+            break;
         }
     }
     Ok(Verification { lines: head.lines, head, first_bad })
+}
+
+/// The only field `verify` needs: parsing whole records would double its time on large logs.
+#[derive(Deserialize)]
+struct Chained {
+    prev: String,
 }
 
 /// Reads every record (for listing and summaries); skips nothing, fails on a malformed line.
@@ -201,6 +252,299 @@ pub fn read_head_sidecar(path: &Path) -> Result<Option<Head>> {
         Ok(b) => Ok(Some(serde_json::from_slice(&b).context("parse audit.head")?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).context("read audit.head"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Reading the log: timeline lines, time filters, the summary
+// ------------------------------------------------------------------------------------------------
+
+/// Characters of agent text shown per timeline line.
+const WHAT_CHARS: usize = 72;
+
+/// Agent text made safe for a terminal: no escape sequences or control characters, one line, capped.
+fn clean(s: &str, max: usize) -> String {
+    let one: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one = one.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= max { one } else { one.chars().take(max.saturating_sub(1)).chain(['…']).collect() }
+}
+
+/// What a call asked for, in a few words (its arguments are agent text: cleaned and capped).
+pub fn what(rec: &AuditRecord) -> String {
+    let a = &rec.args;
+    let s = |k: &str| a.get(k).and_then(Value::as_str);
+    let lines = |k: &str| s(k).map(|t| t.lines().count().max(1)).unwrap_or(0);
+    let w = match rec.tool.as_str() {
+        "edit_train" => {
+            let mut w = match s("command").unwrap_or("?") {
+                "view" => match a.get("view_range").and_then(Value::as_array) {
+                    Some(r) => format!("view {}", r.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("-")),
+                    None => "view".into(),
+                },
+                "str_replace" => format!(
+                    "str_replace {} → {} lines: {}",
+                    lines("old_str"),
+                    lines("new_str"),
+                    s("old_str").and_then(|t| t.lines().find(|l| !l.trim().is_empty())).unwrap_or("").trim()
+                ),
+                "insert" => format!(
+                    "insert {} lines after line {}",
+                    lines("new_str"),
+                    a.get("insert_line").map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+                ),
+                other => other.to_string(),
+            };
+            if let Some(p) = s("path").filter(|p| *p != crate::paths::TRAIN_RS) {
+                w = format!("{w} (path {p})");
+            }
+            w
+        }
+        "run_experiment" | "commit" => format!("\"{}\"", s("description").unwrap_or("")),
+        "revert" => s("reason").map(|r| format!("\"{r}\"")).unwrap_or_default(),
+        "append_scratchpad" => {
+            format!("{} chars: {}", s("entry").map(|e| e.chars().count()).unwrap_or(0), s("entry").unwrap_or(""))
+        }
+        _ => match a {
+            Value::Object(m) if m.is_empty() => String::new(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        },
+    };
+    clean(&w, WHAT_CHARS)
+}
+
+/// A duration for people: `850 ms`, `12.3 s`, `4m05s`, `3h12m`.
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    }
+}
+
+/// One timeline line: time (UTC), tool, outcome, duration, run, what was asked, and why it failed.
+pub fn timeline_line(rec: &AuditRecord) -> String {
+    let mut line = format!(
+        "{}  {:<17} {:<7} {:>8}  {:<7} {}",
+        rec.ts.format("%Y-%m-%d %H:%M:%S"),
+        clean(&rec.tool, 17),
+        rec.outcome.as_str(),
+        human(rec.duration_ms / 1e3),
+        rec.run_id.as_deref().map(|r| clean(r, 7)).unwrap_or_default(),
+        what(rec)
+    );
+    if let Some(r) = &rec.reason {
+        line.push_str("  → ");
+        line.push_str(&clean(r, 160));
+    }
+    line.trim_end().to_string()
+}
+
+/// A point in time for `--since`/`--until`: RFC 3339 (`2026-11-23T08:00:00Z`), a UTC date or
+/// date and time (`2026-11-23`, `2026-11-23 08:00`), or an age (`90m`, `2h`, `1d` ago).
+pub fn parse_when(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
+            return Ok(Utc.from_utc_datetime(&d));
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight")));
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let secs = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match num.parse::<i64>() {
+        Ok(n) if secs > 0 => Ok(now - chrono::Duration::seconds(n.saturating_mul(secs))),
+        _ => anyhow::bail!(
+            "{s:?} is not a time: use RFC 3339 (2026-11-23T08:00:00Z), a UTC date and time (2026-11-23 08:00) or an age (90m, 2h, 1d)"
+        ),
+    }
+}
+
+/// Calls of one tool, by outcome, and the time they took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ToolStats {
+    pub calls: u64,
+    pub ok: u64,
+    pub refused: u64,
+    pub error: u64,
+    pub seconds: f64,
+}
+
+/// What `audit summary` prints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub calls: u64,
+    /// When the first call started.
+    pub first: Option<DateTime<Utc>>,
+    /// When the last call ended.
+    pub last: Option<DateTime<Utc>>,
+    pub per_tool: std::collections::BTreeMap<String, ToolStats>,
+    /// (tool, reason with numbers blanked) → (count, the latest full reason).
+    pub refusals: std::collections::BTreeMap<(String, String), (u64, String)>,
+    /// Errors the same way (build failures, crashes, timeouts).
+    pub errors: std::collections::BTreeMap<(String, String), (u64, String)>,
+    /// From the first call's start to the last call's end.
+    pub span_seconds: f64,
+    /// Inside run_experiment calls (building, training, embedding, scoring).
+    pub experiment_seconds: f64,
+    /// Inside any other tool call (not overlapping an experiment).
+    pub other_tool_seconds: f64,
+    /// Between calls: the agent thinking, or nobody there.
+    pub idle_seconds: f64,
+}
+
+/// A reason with digits collapsed, so `run r0004 is in flight` and `run r0007 is in flight` count together.
+fn reason_key(r: &str) -> String {
+    let mut k = String::with_capacity(r.len());
+    let mut in_num = false;
+    for c in clean(r, 120).chars() {
+        if c.is_ascii_digit() {
+            if !in_num {
+                k.push('N');
+            }
+            in_num = true;
+        } else {
+            in_num = false;
+            k.push(c);
+        }
+    }
+    k
+}
+
+/// Totals over `recs` (in log order). Each record's time is when the call ended; it started
+/// `duration_ms` earlier. Time is counted once where calls overlap (a read_metrics during a run).
+pub fn summarize(recs: &[AuditRecord]) -> Summary {
+    let mut s = Summary { calls: recs.len() as u64, ..Default::default() };
+    // (start, end, is_experiment) in seconds since the first start.
+    let mut spans: Vec<(f64, f64, bool)> = Vec::with_capacity(recs.len());
+    let start_of = |r: &AuditRecord| r.ts - chrono::Duration::microseconds((r.duration_ms * 1e3) as i64);
+    let t0 = recs.iter().map(start_of).min();
+    for r in recs {
+        let t = s.per_tool.entry(r.tool.clone()).or_default();
+        t.calls += 1;
+        t.seconds += r.duration_ms / 1e3;
+        match r.outcome {
+            Outcome::Ok => t.ok += 1,
+            Outcome::Refused => t.refused += 1,
+            Outcome::Error => t.error += 1,
+        }
+        let reason = r.reason.as_deref().unwrap_or("");
+        let bucket = match r.outcome {
+            Outcome::Ok => None,
+            Outcome::Refused => Some(&mut s.refusals),
+            Outcome::Error => Some(&mut s.errors),
+        };
+        if let Some(b) = bucket {
+            let e = b.entry((r.tool.clone(), reason_key(reason))).or_insert((0, String::new()));
+            e.0 += 1;
+            e.1 = clean(reason, 160);
+        }
+        s.first = Some(s.first.map_or(start_of(r), |f| f.min(start_of(r))));
+        s.last = Some(s.last.map_or(r.ts, |l| l.max(r.ts)));
+        if let Some(t0) = t0 {
+            let a = (start_of(r) - t0).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            spans.push((a, a + r.duration_ms.max(0.0) / 1e3, r.tool == "run_experiment"));
+        }
+    }
+    // Experiments first: other calls count only outside them.
+    let union = |mut v: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut out: Vec<(f64, f64)> = Vec::with_capacity(v.len());
+        for (a, b) in v {
+            match out.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        out
+    };
+    let total = |v: &[(f64, f64)]| v.iter().map(|(a, b)| b - a).sum::<f64>();
+    let exp = union(spans.iter().filter(|x| x.2).map(|x| (x.0, x.1)).collect());
+    let all = union(spans.iter().map(|x| (x.0, x.1)).collect());
+    s.experiment_seconds = total(&exp);
+    s.other_tool_seconds = (total(&all) - s.experiment_seconds).max(0.0);
+    s.span_seconds = spans.iter().map(|x| x.1).fold(0.0, f64::max);
+    s.idle_seconds = (s.span_seconds - total(&all)).max(0.0);
+    s
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return writeln!(f, "0 calls");
+        };
+        writeln!(
+            f,
+            "{} calls from {} to {} UTC ({})",
+            self.calls,
+            first.format("%Y-%m-%d %H:%M:%S"),
+            last.format("%Y-%m-%d %H:%M:%S"),
+            human(self.span_seconds)
+        )?;
+        writeln!(f, "\ncalls per tool:")?;
+        writeln!(f, "  {:<18} {:>7} {:>7} {:>8} {:>7} {:>10}", "tool", "calls", "ok", "refused", "error", "time")?;
+        for (tool, t) in &self.per_tool {
+            writeln!(
+                f,
+                "  {:<18} {:>7} {:>7} {:>8} {:>7} {:>10}",
+                clean(tool, 18),
+                t.calls,
+                t.ok,
+                t.refused,
+                t.error,
+                human(t.seconds)
+            )?;
+        }
+        let pct = |x: f64| if self.span_seconds > 0.0 { 100.0 * x / self.span_seconds } else { 0.0 };
+        writeln!(f, "\ntime ({} from the first call to the last):", human(self.span_seconds))?;
+        writeln!(
+            f,
+            "  {:>10} {:>5.1}%  in run_experiment (build, train, embed, score)",
+            human(self.experiment_seconds),
+            pct(self.experiment_seconds)
+        )?;
+        writeln!(
+            f,
+            "  {:>10} {:>5.1}%  in the other tools",
+            human(self.other_tool_seconds),
+            pct(self.other_tool_seconds)
+        )?;
+        writeln!(
+            f,
+            "  {:>10} {:>5.1}%  between calls (the agent thinking, or idle)",
+            human(self.idle_seconds),
+            pct(self.idle_seconds)
+        )?;
+        for (title, map) in [("refusals", &self.refusals), ("errors", &self.errors)] {
+            let n: u64 = map.values().map(|v| v.0).sum();
+            if n == 0 {
+                continue;
+            }
+            writeln!(f, "\n{title} ({n}), by reason:")?;
+            let mut rows: Vec<_> = map.iter().collect();
+            rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(b.0)));
+            for ((tool, _), (count, latest)) in rows {
+                writeln!(f, "  {count:>6}  {:<18} {latest}", clean(tool, 18))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -252,7 +596,14 @@ mod tests {
         let edited = text.replacen("tool2", "toolX", 1);
         std::fs::write(&p, edited).unwrap();
         let v = verify(&p, &[("sidecar".into(), head)]).unwrap();
-        assert_eq!(v.first_bad.unwrap().0, 4);
+        let (line, why) = v.first_bad.unwrap();
+        assert_eq!(line, 3, "{why}");
+        assert!(why.contains("line 3 was edited"), "{why}");
+        // An edit that breaks the JSON is that line itself.
+        std::fs::write(&p, text.replacen("\"tool2\"", "\"tool2", 1)).unwrap();
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 3, "{why}");
+        assert!(why.contains("not a valid audit record"), "{why}");
     }
 
     #[test]
@@ -262,11 +613,40 @@ mod tests {
         let mut dropped = lines.clone();
         dropped.remove(2);
         std::fs::write(&p, dropped.join("\n") + "\n").unwrap();
-        assert_eq!(verify(&p, &[]).unwrap().first_bad.unwrap().0, 3);
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 2, "{why}");
+        assert!(why.contains("lines after it were removed"), "{why}");
+
+        // Swapped neighbours: the first one out of place is named.
         let mut swapped = lines.clone();
         swapped.swap(1, 2);
         std::fs::write(&p, swapped.join("\n") + "\n").unwrap();
-        assert!(!verify(&p, &[]).unwrap().ok());
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 2, "{why}");
+        assert!(why.contains("reordered"), "{why}");
+
+        // A line moved back: lines 2-3 now sit between the line it followed and itself.
+        let mut moved = lines.clone();
+        let l4 = moved.remove(3);
+        moved.insert(1, l4);
+        std::fs::write(&p, moved.join("\n") + "\n").unwrap();
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 2, "{why}");
+        assert!(why.contains("reordered"), "{why}");
+
+        // A copy of line 4 inserted before it.
+        let mut inserted = lines.clone();
+        inserted.insert(3, lines[3].clone());
+        std::fs::write(&p, inserted.join("\n") + "\n").unwrap();
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 4, "{why}");
+        assert!(why.contains("inserted or moved"), "{why}");
+
+        // Lines removed from the start.
+        std::fs::write(&p, lines[2..].join("\n") + "\n").unwrap();
+        let (line, why) = verify(&p, &[]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 1, "{why}");
+        assert!(why.contains("removed from the start"), "{why}");
     }
 
     #[test]
@@ -276,10 +656,76 @@ mod tests {
         std::fs::write(&p, lines[..4].join("\n") + "\n").unwrap();
         assert!(verify(&p, &[]).unwrap().ok(), "the chain alone cannot see truncation");
         let v = verify(&p, &[("sidecar".into(), head.clone())]).unwrap();
-        assert!(v.first_bad.unwrap().1.contains("removed from the end"));
+        let (line, why) = v.first_bad.unwrap();
+        assert_eq!(line, 5, "{why}");
+        assert!(why.contains("lines 5-5 were removed from the end"), "{why}");
         let mut edited = lines.clone();
         edited[4] = edited[4].replace("tool4", "tool9");
         std::fs::write(&p, edited.join("\n") + "\n").unwrap();
-        assert!(!verify(&p, &[("sidecar".into(), head)]).unwrap().ok());
+        let (line, why) = verify(&p, &[("sidecar".into(), head)]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 5, "{why}");
+        assert!(why.contains("different hash for line 5"), "{why}");
+    }
+
+    fn at(tool: &str, end: &str, ms: f64, outcome: Outcome, reason: Option<&str>) -> AuditRecord {
+        AuditRecord {
+            ts: DateTime::parse_from_rfc3339(end).unwrap().with_timezone(&Utc),
+            duration_ms: ms,
+            outcome,
+            reason: reason.map(String::from),
+            ..rec(tool)
+        }
+    }
+
+    #[test]
+    fn summary_splits_experiment_tool_and_idle_time() {
+        let recs = vec![
+            at("read_metrics", "2026-11-23T08:00:01Z", 1000.0, Outcome::Ok, None),
+            at("run_experiment", "2026-11-23T08:05:01Z", 290_000.0, Outcome::Ok, None),
+            // During the run: counted once.
+            at("read_metrics", "2026-11-23T08:02:00Z", 500.0, Outcome::Ok, None),
+            at("edit_train", "2026-11-23T08:03:00Z", 2.0, Outcome::Refused, Some("refused: run r0001 is in flight")),
+            at("edit_train", "2026-11-23T08:06:00Z", 2.0, Outcome::Refused, Some("refused: run r0002 is in flight")),
+            at("run_experiment", "2026-11-23T08:09:00Z", 60_000.0, Outcome::Error, Some("build failed")),
+        ];
+        let s = summarize(&recs);
+        assert_eq!(s.calls, 6);
+        assert_eq!(s.per_tool["edit_train"].refused, 2);
+        assert!((s.span_seconds - 540.0).abs() < 1e-6, "{}", s.span_seconds);
+        assert!((s.experiment_seconds - 350.0).abs() < 1e-6, "{}", s.experiment_seconds);
+        assert!((s.other_tool_seconds - 1.002).abs() < 1e-6, "{}", s.other_tool_seconds);
+        assert!((s.idle_seconds - (540.0 - 351.002)).abs() < 1e-6, "{}", s.idle_seconds);
+        assert_eq!(s.refusals.len(), 1, "digits are blanked so both refusals group: {:?}", s.refusals);
+        let text = s.to_string();
+        assert!(text.contains("refusals (2)") && text.contains("errors (1)"), "{text}");
+    }
+
+    #[test]
+    fn timeline_shows_what_and_strips_escapes() {
+        let mut r = rec("edit_train");
+        r.args = serde_json::json!({"command": "str_replace", "old_str": "const LR: f64 = 3e-4;\n", "new_str": "a\nb"});
+        let line = timeline_line(&r);
+        assert!(line.contains("str_replace 1 → 2 lines: const LR: f64 = 3e-4;"), "{line}");
+        r.tool = "commit".into();
+        r.args = serde_json::json!({"description": "x\u{1b}[2Jy"});
+        r.outcome = Outcome::Refused;
+        r.reason = Some("refused: \u{1b}]0;title\u{7}nothing to commit".into());
+        let line = timeline_line(&r);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(line.contains("refused") && line.contains("nothing to commit"), "{line}");
+    }
+
+    #[test]
+    fn times_parse_in_every_documented_form() {
+        let now = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z").unwrap().with_timezone(&Utc);
+        let t = |s: &str| parse_when(s, now).unwrap().to_rfc3339();
+        assert_eq!(t("2026-11-23T08:00:00Z"), "2026-11-23T08:00:00+00:00");
+        assert_eq!(t("2026-11-23T09:00:00+01:00"), "2026-11-23T08:00:00+00:00");
+        assert_eq!(t("2026-11-23 08:00"), "2026-11-23T08:00:00+00:00");
+        assert_eq!(t("2026-11-23"), "2026-11-23T00:00:00+00:00");
+        assert_eq!(t("90m"), "2026-11-23T10:30:00+00:00");
+        assert_eq!(t("2h"), "2026-11-23T10:00:00+00:00");
+        assert_eq!(t("1d"), "2026-11-22T12:00:00+00:00");
+        assert!(parse_when("yesterday", now).is_err());
     }
 }

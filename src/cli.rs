@@ -38,17 +38,25 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AuditAction>,
         /// Only calls of this tool.
-        #[arg(long)]
+        #[arg(long, global = true)]
         tool: Option<String>,
         /// Only calls with this outcome (ok, refused, error).
-        #[arg(long)]
+        #[arg(long, global = true)]
         outcome: Option<String>,
-        /// Only calls at or after this time (RFC 3339).
-        #[arg(long)]
+        /// Only calls at or after this time: RFC 3339, a UTC date and time (2026-11-23 08:00), or an age (90m, 2h, 1d).
+        #[arg(long, global = true)]
         since: Option<String>,
+        /// Only calls at or before this time (same forms as --since).
+        #[arg(long, global = true)]
+        until: Option<String>,
     },
-    /// Print the results table (Markdown) of every run.
-    Report,
+    /// Write the progress chart (SVG, PNG), the results table (TSV, Markdown), every run's diff and
+    /// one self-contained report.html; print the table and the paths.
+    Report {
+        /// Output folder (default: the workspace's .autoresearch/report/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
     Doctor,
     /// Write the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
@@ -87,9 +95,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand, Clone, Copy)]
 pub enum AuditAction {
-    /// One line per call: time, tool, outcome, duration, reason.
+    /// The timeline, one line per call: time (UTC), tool, outcome, duration, run, what was asked, why it failed.
     List,
-    /// Calls per tool and outcome, refusals and why, time spent.
+    /// Calls per tool and outcome, refusals and errors by reason, time in experiments vs other tools vs idle.
     Summary,
     /// Check the hash chain and every recorded head; exits 1 at the first bad line.
     Verify,

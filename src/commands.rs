@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Outcome};
 use crate::cli::{AuditAction, Cli, Command};
-use crate::ledger::Ledger;
 use crate::paths::Paths;
 use crate::server::AutoresearchServer;
 use crate::service::{RunExperimentArgs, Service, recorded_heads};
@@ -24,18 +23,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { tag } => init(&paths, &tag),
         Command::Serve => serve(&paths).await,
         Command::Run { description } => run_once(&paths, description).await,
-        Command::Audit { action, tool, outcome, since } => {
-            audit_cmd(&paths, action.unwrap_or(AuditAction::List), tool, outcome, since)
+        Command::Audit { action, tool, outcome, since, until } => {
+            audit_cmd(&paths, action.unwrap_or(AuditAction::List), (tool, outcome, since, until))
         }
         Command::Doctor => {
             let checks = crate::doctor::run(&root).await;
             Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Report => {
-            let ledger = Ledger::open(&paths.ledger())?;
-            print!("{}", crate::report::markdown_table(&ledger.runs()));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Report { out } => report(&paths, out),
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -73,6 +68,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::SandboxExec { .. } => unreachable!("handled in main before the runtime starts"),
     }
+}
+
+fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| paths.report());
+    eprintln!("report: reading {} and writing {}", paths.relative(&paths.ledger()).display(), out.display());
+    let written = crate::report::write(paths, &out)?;
+    print!("{}", written.markdown);
+    println!();
+    let diff_dir = out.join("diffs");
+    let (diffs, main): (Vec<_>, Vec<_>) = written.files.iter().partition(|f| f.starts_with(&diff_dir));
+    for f in main {
+        println!("wrote {}", f.display());
+    }
+    println!("wrote {} ({} diffs)", diff_dir.display(), diffs.len());
+    println!("open {} in a browser", out.join("report.html").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
@@ -149,13 +160,49 @@ async fn run_once(paths: &Paths, description: String) -> Result<ExitCode> {
     Ok(if reply.is_error() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// Which audit records `audit list` and `audit summary` show.
+struct AuditFilter {
+    tool: Option<String>,
+    outcome: Option<Outcome>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl AuditFilter {
+    fn parse(
+        tool: Option<String>,
+        outcome: Option<String>,
+        since: Option<String>,
+        until: Option<String>,
+    ) -> Result<Self> {
+        let now = chrono::Utc::now();
+        let outcome = outcome
+            .map(|o| match o.as_str() {
+                "ok" => Ok(Outcome::Ok),
+                "refused" => Ok(Outcome::Refused),
+                "error" => Ok(Outcome::Error),
+                other => Err(anyhow::anyhow!("--outcome {other:?}: use ok, refused or error")),
+            })
+            .transpose()?;
+        let since = since.map(|s| audit::parse_when(&s, now)).transpose().context("--since")?;
+        let until = until.map(|s| audit::parse_when(&s, now)).transpose().context("--until")?;
+        Ok(Self { tool, outcome, since, until })
+    }
+
+    fn keeps(&self, r: &audit::AuditRecord) -> bool {
+        self.tool.as_deref().is_none_or(|t| r.tool == t)
+            && self.outcome.is_none_or(|o| r.outcome == o)
+            && self.since.is_none_or(|s| r.ts >= s)
+            && self.until.is_none_or(|u| r.ts <= u)
+    }
+}
+
 fn audit_cmd(
     paths: &Paths,
     action: AuditAction,
-    tool: Option<String>,
-    outcome: Option<String>,
-    since: Option<String>,
+    filter: (Option<String>, Option<String>, Option<String>, Option<String>),
 ) -> Result<ExitCode> {
+    use std::io::Write as _;
     match action {
         AuditAction::Verify => {
             let heads = recorded_heads(paths)?;
@@ -177,47 +224,30 @@ fn audit_cmd(
             }
         }
         AuditAction::List | AuditAction::Summary => {
-            let since = since
-                .map(|s| chrono::DateTime::parse_from_rfc3339(&s).map(|d| d.with_timezone(&chrono::Utc)))
-                .transpose()
-                .context("--since must be RFC 3339, e.g. 2026-11-23T08:00:00Z")?;
-            let recs: Vec<_> = audit::read_all(&paths.audit())?
-                .into_iter()
-                .filter(|r| tool.as_deref().is_none_or(|t| r.tool == t))
-                .filter(|r| outcome.as_deref().is_none_or(|o| r.outcome.as_str() == o))
-                .filter(|r| since.is_none_or(|s| r.ts >= s))
-                .collect();
+            let (tool, outcome, since, until) = filter;
+            let filter = AuditFilter::parse(tool, outcome, since, until)?;
+            let recs: Vec<_> = audit::read_all(&paths.audit())?.into_iter().filter(|r| filter.keeps(r)).collect();
+            if let Some(t) = &filter.tool
+                && recs.is_empty()
+            {
+                eprintln!(
+                    "no calls of {t:?}; the tools are edit_train, run_experiment, read_metrics, commit, revert, append_scratchpad"
+                );
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if matches!(action, AuditAction::List) {
+                writeln!(
+                    out,
+                    "{:<19}  {:<17} {:<7} {:>8}  {:<7} what",
+                    "time (UTC)", "tool", "outcome", "took", "run"
+                )?;
                 for r in &recs {
-                    println!(
-                        "{} {:<18} {:<8} {:>9.1} ms {}{}",
-                        r.ts.format("%Y-%m-%d %H:%M:%S"),
-                        r.tool,
-                        r.outcome.as_str(),
-                        r.duration_ms,
-                        r.run_id.as_deref().map(|i| format!("[{i}] ")).unwrap_or_default(),
-                        r.reason.as_deref().unwrap_or("")
-                    );
+                    writeln!(out, "{}", audit::timeline_line(r))?;
                 }
             } else {
-                let mut per: std::collections::BTreeMap<(String, &str), (usize, f64)> = Default::default();
-                for r in &recs {
-                    let e = per.entry((r.tool.clone(), r.outcome.as_str())).or_default();
-                    e.0 += 1;
-                    e.1 += r.duration_ms;
-                }
-                println!("{} calls", recs.len());
-                for ((t, o), (n, ms)) in per {
-                    println!("  {t:<18} {o:<8} {n:>5} calls {:>10.1} s", ms / 1e3);
-                }
-                let refused: Vec<_> = recs.iter().filter(|r| r.outcome == Outcome::Refused).collect();
-                if !refused.is_empty() {
-                    println!("refusals:");
-                    for r in refused {
-                        println!("  {} {}: {}", r.ts.format("%H:%M:%S"), r.tool, r.reason.as_deref().unwrap_or(""));
-                    }
-                }
+                write!(out, "{}", audit::summarize(&recs))?;
             }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
     }

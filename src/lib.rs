@@ -14,6 +14,7 @@
 //! - [`audit`]: `.autoresearch/audit.jsonl`, the hash-chained record of every tool call.
 //! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
+//! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
 
 pub mod audit;
 pub mod cli;

@@ -53,6 +53,10 @@ impl Paths {
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
         self.runs().join(run_id)
     }
+    /// Where `autoresearch-mcp report` writes by default.
+    pub fn report(&self) -> PathBuf {
+        self.state().join("report")
+    }
     pub fn reverts(&self) -> PathBuf {
         self.state().join("reverts")
     }

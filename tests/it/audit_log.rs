@@ -1,5 +1,6 @@
 //! `audit verify` passes on an intact log and fails after a line is edited or removed.
 
+use autoresearch_mcp::audit::Outcome;
 use serde_json::json;
 
 use crate::common::*;
@@ -20,7 +21,8 @@ async fn verify_detects_edits_and_removals() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("7 lines"));
     let list = String::from_utf8_lossy(&ws.cli(&["audit", "--outcome", "refused"]).stdout).to_string();
-    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with("time (UTC)"), "a header names the columns: {list}");
+    assert_eq!(list.lines().count(), 2, "the header and one refusal: {list}");
     assert!(list.contains("edit_train") && list.contains("only trainer/src/train.rs"));
     let summary = String::from_utf8_lossy(&ws.cli(&["audit", "summary"]).stdout).to_string();
     assert!(summary.contains("7 calls") && summary.contains("append_scratchpad"), "{summary}");
@@ -34,7 +36,8 @@ async fn verify_detects_edits_and_removals() {
     std::fs::write(&path, &edited).unwrap();
     let out = ws.cli(&["audit", "verify"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("line 3"), "{}", String::from_utf8_lossy(&out.stdout));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("at line 2: line 2 was edited"), "{said}");
 
     // Remove one line in the middle.
     let mut dropped = lines.clone();
@@ -50,4 +53,124 @@ async fn verify_detects_edits_and_removals() {
 
     std::fs::write(&path, &original).unwrap();
     assert!(ws.cli(&["audit", "verify"]).status.success());
+}
+
+/// A chained log of `n` calls written directly (no server), its head sidecar; returns its lines and
+/// records. Of every 50 calls: one 5-minute run_experiment, two failed 20-second ones, one refused
+/// edit, one commit, the rest read_metrics; 30 s between calls.
+pub fn generate_log(dir: &std::path::Path, n: usize) -> (Vec<String>, Vec<autoresearch_mcp::audit::AuditRecord>) {
+    use autoresearch_mcp::audit::{AuditRecord, GENESIS, Head};
+    use autoresearch_mcp::fsutil::sha256_hex;
+    let state = dir.join(".autoresearch");
+    std::fs::create_dir_all(&state).unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-22T20:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let mut prev = GENESIS.to_string();
+    let mut lines = Vec::with_capacity(n);
+    let mut recs = Vec::with_capacity(n);
+    let mut t = t0;
+    for i in 0..n {
+        let (tool, args, outcome, reason, ms) = match i % 50 {
+            0 => ("run_experiment", json!({"description": format!("idea {i}")}), Outcome::Ok, None, 300_000.0),
+            20 | 40 => (
+                "run_experiment",
+                json!({"description": format!("idea {i}")}),
+                Outcome::Error,
+                Some("build failed"),
+                20_000.0,
+            ),
+            7 => (
+                "edit_train",
+                json!({"command": "str_replace", "old_str": "a", "new_str": "b", "path": "/etc/passwd"}),
+                Outcome::Refused,
+                Some("refused: only trainer/src/train.rs can be edited"),
+                0.3,
+            ),
+            9 => ("commit", json!({"description": format!("keep {i}")}), Outcome::Ok, None, 15.0),
+            _ => ("read_metrics", json!({"last": 5}), Outcome::Ok, None, 2.0),
+        };
+        t += chrono::Duration::microseconds((ms * 1e3) as i64);
+        let rec = AuditRecord {
+            ts: t,
+            tool: tool.into(),
+            via: "mcp".into(),
+            args,
+            outcome,
+            reason: reason.map(String::from),
+            duration_ms: ms,
+            run_id: (tool == "run_experiment").then(|| format!("r{:04}", i / 20 + 1)),
+            train_hash_before: Some("ab".repeat(32)),
+            train_hash_after: Some("ab".repeat(32)),
+            prev: prev.clone(),
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        prev = sha256_hex(line.as_bytes());
+        lines.push(line);
+        recs.push(rec);
+        t += chrono::Duration::seconds(30);
+    }
+    std::fs::write(state.join("audit.jsonl"), lines.join("\n") + "\n").unwrap();
+    let head = Head { hash: prev, lines: n as u64 };
+    std::fs::write(state.join("audit.head"), serde_json::to_string(&head).unwrap()).unwrap();
+    (lines, recs)
+}
+
+/// list, summary and verify on a 100k-line log: correct answers, and the time each took (printed;
+/// benches/audit_scale.rs is where the speed figures come from).
+#[test]
+fn a_100k_line_log_lists_summarises_and_verifies() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, recs) = generate_log(dir.path(), N);
+    let audit = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(bin()).arg("-C").arg(dir.path()).arg("audit").args(args).output().unwrap();
+        eprintln!("audit {}: {:.2} s on {N} lines", args.join(" "), t.elapsed().as_secs_f64());
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+
+    let (ok, text) = audit(&["verify"]);
+    assert!(ok && text.contains(&format!("audit log OK: {N} lines")), "{text}");
+
+    let (ok, text) = audit(&["list"]);
+    assert!(ok);
+    assert_eq!(text.lines().count(), N + 1, "a header and one line per call");
+    assert!(text.contains("\"idea 0\"") && text.contains("(path /etc/passwd)"), "{}", &text[..2000]);
+
+    let (ok, text) = audit(&["list", "--tool", "commit"]);
+    assert!(ok);
+    assert_eq!(text.lines().count(), N / 50 + 1);
+    let since = recs[N / 2].ts;
+    let (_, text) = audit(&["list", "--outcome", "refused", "--since", &since.to_rfc3339()]);
+    let expected = recs.iter().filter(|r| r.ts >= since && r.outcome == Outcome::Refused).count();
+    assert_eq!(text.lines().count(), expected + 1, "refusals since the middle of the log");
+
+    let (ok, text) = audit(&["summary"]);
+    assert!(ok && text.starts_with(&format!("{N} calls from 2026-11-22 20:00:00 ")), "{text}");
+    let row = text.lines().find(|l| l.trim_start().starts_with("run_experiment")).unwrap().to_string();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[1..5], ["6000", "2000", "0", "4000"], "{row}");
+    assert!(text.contains(&format!("refusals ({}), by reason:", N / 50)), "{text}");
+    // 2000 × 300 s + 4000 × 20 s in experiments; 30 s between calls.
+    assert!(text.contains("188h53m  ") && text.contains("in run_experiment"), "{text}");
+    assert!(text.contains("833h19m  ") && text.contains("between calls"), "{text}");
+
+    // One edited line deep inside is pinpointed.
+    let path = dir.path().join(".autoresearch/audit.jsonl");
+    let mut edited = lines.clone();
+    edited[73_455] = edited[73_455].replace("\"last\":5", "\"last\":6");
+    std::fs::write(&path, edited.join("\n") + "\n").unwrap();
+    let (ok, text) = audit(&["verify"]);
+    assert!(!ok && text.contains("at line 73456: line 73456 was edited"), "{text}");
+
+    // Two lines swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(49_999, 50_000);
+    std::fs::write(&path, swapped.join("\n") + "\n").unwrap();
+    let (ok, text) = audit(&["verify"]);
+    assert!(!ok && text.contains("at line 50000: ") && text.contains("reordered"), "{text}");
+
+    // The last ten lines cut off: only the head sidecar can tell.
+    std::fs::write(&path, lines[..N - 10].join("\n") + "\n").unwrap();
+    let (ok, text) = audit(&["verify"]);
+    assert!(!ok && text.contains("at line 99991: ") && text.contains("removed from the end"), "{text}");
 }

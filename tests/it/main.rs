@@ -9,4 +9,5 @@ mod docker;
 mod escape;
 mod experiment;
 mod refusals;
+mod report;
 mod tools;

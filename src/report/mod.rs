@@ -1,0 +1,231 @@
+//! `autoresearch-mcp report`: what happened overnight, from the ledger. Writes into one folder
+//! (default `.autoresearch/report/`):
+//! - `chart.svg` and `chart.png`: mean rank per experiment, kept / baseline / discarded / crashed /
+//!   cancelled told apart, the best kept so far as a step line, fingerprint changes marked ([`chart`]);
+//! - `results.tsv` and `results.md`: one row per run ([`table`]);
+//! - `diffs/<run>.diff`: every experiment's change to train.rs, kept or not ([`diffs`]);
+//! - `report.html`: all of the above in one self-contained page ([`html`]).
+//!
+//! Descriptions and diffs are agent text: every writer escapes them for its format.
+
+pub mod chart;
+pub mod diffs;
+pub mod html;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::fsutil::write_atomic;
+use crate::ledger::{Ledger, Run, RunStatus};
+use crate::paths::Paths;
+use crate::workspace::WorkspaceState;
+
+/// How a run shows on the chart and in the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Scored and committed.
+    Kept,
+    /// Scored, and its train.rs is the baseline's (the branch's starting point).
+    Baseline,
+    /// Scored, not kept.
+    Discarded,
+    /// No score: build failed, crashed, timed out or wrote invalid embeddings.
+    Crashed,
+    /// No score: cancelled, abandoned by a server that died, or still running.
+    Cancelled,
+}
+
+impl Kind {
+    pub fn of(run: &Run, baseline_hash: Option<&str>) -> Self {
+        match run.status {
+            RunStatus::Ok if run.kept => Kind::Kept,
+            RunStatus::Ok if Some(run.train_hash.as_str()) == baseline_hash => Kind::Baseline,
+            RunStatus::Ok => Kind::Discarded,
+            RunStatus::BuildFailed | RunStatus::Crashed | RunStatus::Timeout | RunStatus::InvalidOutput => {
+                Kind::Crashed
+            }
+            RunStatus::Cancelled | RunStatus::Abandoned | RunStatus::Running => Kind::Cancelled,
+        }
+    }
+
+    /// The CSS/SVG class and the word used in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kept => "kept",
+            Kind::Baseline => "baseline",
+            Kind::Discarded => "discarded",
+            Kind::Crashed => "crashed",
+            Kind::Cancelled => "cancelled",
+        }
+    }
+
+    /// Counts toward the best-so-far line.
+    pub fn sets_the_bar(self) -> bool {
+        matches!(self, Kind::Kept | Kind::Baseline)
+    }
+}
+
+/// One run with what the report derives from it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub run: Run,
+    pub kind: Kind,
+    /// Short id of the run's fingerprint.
+    pub fingerprint: String,
+    /// The best kept (or baseline) mean rank of the same fingerprint before this run.
+    pub best_before: Option<f64>,
+    /// The run's change to train.rs (unified diff), and where it was found; `None` if nowhere.
+    pub diff: Option<diffs::Diff>,
+}
+
+impl Entry {
+    pub fn status(&self) -> String {
+        serde_json::to_value(self.run.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+
+    /// Mean rank minus the best kept before it (negative is better).
+    pub fn delta(&self) -> Option<f64> {
+        Some(self.run.mean_rank()? - self.best_before?)
+    }
+
+    /// The file name of its diff: the run id if it is a plain id, else its number.
+    pub fn diff_name(&self) -> String {
+        let id = &self.run.id;
+        if !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            format!("{id}.diff")
+        } else {
+            format!("run{:04}.diff", self.run.number)
+        }
+    }
+}
+
+/// Everything a report shows.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub entries: Vec<Entry>,
+    pub branch: Option<String>,
+    pub workspace: PathBuf,
+    pub generated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Report {
+    /// Reads the ledger, the workspace state and every run's diff.
+    pub fn load(paths: &Paths) -> Result<Self> {
+        let ledger = Ledger::open(&paths.ledger())?;
+        let state: Option<WorkspaceState> =
+            std::fs::read(paths.workspace_state()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let baseline = state.as_ref().map(|s| s.baseline_train_hash.clone());
+        let finder = diffs::Finder::new(paths, &ledger);
+        let mut entries: Vec<Entry> = Vec::new();
+        for run in ledger.runs() {
+            let kind = Kind::of(&run, baseline.as_deref());
+            let best_before = entries
+                .iter()
+                .filter(|e| e.kind.sets_the_bar() && e.run.fingerprint == run.fingerprint)
+                .filter_map(|e| e.run.mean_rank())
+                .min_by(f64::total_cmp);
+            let diff = finder.find(&run);
+            entries.push(Entry { fingerprint: run.fingerprint.short(), kind, best_before, diff, run });
+        }
+        Ok(Report {
+            entries,
+            branch: state.map(|s| s.branch),
+            workspace: paths.root.clone(),
+            generated_at: chrono::Utc::now(),
+        })
+    }
+
+    /// The best kept (or baseline) run of the latest fingerprint.
+    pub fn best(&self) -> Option<&Entry> {
+        let fp = &self.entries.last()?.run.fingerprint;
+        self.entries
+            .iter()
+            .filter(|e| e.kind.sets_the_bar() && &e.run.fingerprint == fp)
+            .min_by(|a, b| a.run.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.run.mean_rank().unwrap_or(f64::MAX)))
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.entries.iter().filter(|e| e.kind == kind).count()
+    }
+
+    /// One line: how many runs, kept, crashed, and the best.
+    pub fn headline(&self) -> String {
+        let mut s = format!(
+            "{} experiments: {} kept, {} baseline, {} discarded, {} crashed, {} cancelled",
+            self.entries.len(),
+            self.count(Kind::Kept),
+            self.count(Kind::Baseline),
+            self.count(Kind::Discarded),
+            self.count(Kind::Crashed),
+            self.count(Kind::Cancelled)
+        );
+        if let Some(b) = self.best()
+            && let Some(m) = b.run.mean_rank()
+        {
+            s.push_str(&format!("; best mean rank {m:.2} ({})", b.run.id));
+        }
+        s
+    }
+}
+
+/// What `write` produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub markdown: String,
+}
+
+/// Writes every report file into `out` (created if missing) and returns their paths.
+pub fn write(paths: &Paths, out: &Path) -> Result<Written> {
+    let report = Report::load(paths)?;
+    let diff_dir = out.join("diffs");
+    std::fs::create_dir_all(&diff_dir).with_context(|| format!("create {}", diff_dir.display()))?;
+    let mut files = vec![];
+    let mut put = |name: PathBuf, bytes: &[u8]| -> Result<()> {
+        write_atomic(&name, bytes).with_context(|| format!("write {}", name.display()))?;
+        files.push(name);
+        Ok(())
+    };
+    let svg = chart::svg(&report);
+    put(out.join("chart.svg"), svg.as_bytes())?;
+    put(out.join("chart.png"), &chart::png(&svg)?)?;
+    put(out.join("results.tsv"), table::tsv(&report).as_bytes())?;
+    let markdown = table::markdown(&report);
+    put(out.join("results.md"), markdown.as_bytes())?;
+    for e in &report.entries {
+        if let Some(d) = &e.diff {
+            put(diff_dir.join(e.diff_name()), d.text.as_bytes())?;
+        }
+    }
+    put(out.join("report.html"), html::page(&report, &svg).as_bytes())?;
+    Ok(Written { dir: out.to_path_buf(), files, markdown })
+}
+
+/// A description made safe for one line of a label: controls dropped, whitespace collapsed,
+/// at most `max` characters (with an ellipsis).
+pub fn short_label(s: &str, max: usize) -> String {
+    let clean: String = s.chars().map(|c| if c.is_control() || c.is_whitespace() { ' ' } else { c }).collect();
+    let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    if clean.chars().count() <= max {
+        clean
+    } else {
+        let mut t: String = clean.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_one_short_line() {
+        assert_eq!(short_label("a\tb\n\u{1b}[31mc  d", 40), "a b [31mc d");
+        assert_eq!(short_label("abcdefghij", 5), "abcd…");
+        assert_eq!(short_label("ünïcødé", 7), "ünïcødé");
+    }
+}
