@@ -40,6 +40,7 @@ fn metrics(mean_rank: f64) -> Metrics {
         t2i_r10: 46.0,
         n: 256,
         random_mean_rank: 127.5,
+        folds: vec![],
     }
 }
 
@@ -52,6 +53,7 @@ fn fingerprint(budget_seconds: u64) -> Fingerprint {
         profile: "tests".into(),
         device: "cpu".into(),
         libtorch: "2.11.0".into(),
+        towers: String::new(),
     }
 }
 
