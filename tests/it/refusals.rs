@@ -81,7 +81,7 @@ async fn commit_refusals_and_scratchpad_limits() {
     let repo = git2::Repository::open(&ws.root).unwrap();
     assert_eq!(
         repo.head().unwrap().peel_to_commit().unwrap().message().unwrap(),
-        "experiment workspace",
+        "experiment workspace (train.rs: baseline configuration)",
         "no commit was made"
     );
 
