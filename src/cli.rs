@@ -32,6 +32,9 @@ pub enum Command {
     Run {
         #[arg(long, short = 'm')]
         description: String,
+        /// Repeat over this many seeds (1-5) and score the mean ± sd.
+        #[arg(long)]
+        seeds: Option<u32>,
     },
     /// Review the audit log: list (default), summary, verify.
     Audit {

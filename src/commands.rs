@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init { tag } => init(&paths, &tag),
         Command::Serve => serve(&paths).await,
-        Command::Run { description } => run_once(&paths, description).await,
+        Command::Run { description, seeds } => run_once(&paths, RunExperimentArgs { description, seeds }).await,
         Command::Audit { action, tool, outcome, since, until } => {
             audit_cmd(&paths, action.unwrap_or(AuditAction::List), (tool, outcome, since, until))
         }
@@ -138,7 +138,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn run_once(paths: &Paths, description: String) -> Result<ExitCode> {
+async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?);
     let (tx, mut rx) = tokio::sync::watch::channel("starting".to_string());
     let cancel = CancellationToken::new();
@@ -154,7 +154,7 @@ async fn run_once(paths: &Paths, description: String) -> Result<ExitCode> {
         eprintln!("[run] {s}: cancelling");
         c2.cancel();
     });
-    let reply = svc.run_experiment(RunExperimentArgs { description }, "cli", cancel, tx).await;
+    let reply = svc.run_experiment(args, "cli", cancel, tx).await;
     progress.abort();
     println!("{}", reply.text);
     Ok(if reply.is_error() { ExitCode::FAILURE } else { ExitCode::SUCCESS })

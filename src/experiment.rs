@@ -438,13 +438,14 @@ impl Runner {
         data::finish(dir)
     }
 
-    /// Build, then train, embed and score on each prepared split (one, or one per fold: the metrics are
-    /// then the mean over folds). `run_dir` exists and holds the train.rs snapshot.
+    /// Build, then for each of `seeds` train, embed and score on each prepared split (one, or one per
+    /// fold): the metrics are the mean over folds, then over seeds. `run_dir` exists and holds the
+    /// train.rs snapshot.
     pub async fn experiment(
         &self,
         run_dir: &Path,
         data: &[Prepared],
-        seed: u64,
+        seeds: &[u64],
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
     ) -> Outcome {
@@ -457,7 +458,7 @@ impl Runner {
             overran: false,
             message: None,
         };
-        let result = self.phases(run_dir, data, seed, cancel, phase, &mut o).await;
+        let result = self.phases(run_dir, data, seeds, cancel, phase, &mut o).await;
         if let Err(e) = result {
             // Errors here are the server's (cannot spawn, cannot write): the run did not happen properly.
             o.status = if cancel.is_cancelled() { RunStatus::Cancelled } else { RunStatus::Crashed };
@@ -471,7 +472,7 @@ impl Runner {
         &self,
         run_dir: &Path,
         data: &[Prepared],
-        seed: u64,
+        seeds: &[u64],
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
         o: &mut Outcome,
@@ -492,20 +493,30 @@ impl Runner {
             return Ok(());
         }
 
-        // 2 to 5, on each prepared split (fold).
-        let mut per_fold = vec![];
-        for (i, fold) in data.iter().enumerate() {
-            let (dir, label) = match data.len() {
-                1 => (run_dir.to_path_buf(), String::new()),
-                k => (run_dir.join(format!("fold-{}", i + 1)), format!(" (fold {}/{k})", i + 1)),
-            };
-            std::fs::create_dir_all(&dir)?;
-            match self.trial(&dir, &trainer, fold, seed, &label, cancel, phase, o).await? {
-                Some(m) => per_fold.push(m),
-                None => return Ok(()), // o.status and o.message say why
+        // 2 to 5, for each seed on each prepared split (fold).
+        let mut per_seed = vec![];
+        for (si, &seed) in seeds.iter().enumerate() {
+            let mut per_fold = vec![];
+            for (fi, fold) in data.iter().enumerate() {
+                let (mut dir, mut label) = (run_dir.to_path_buf(), vec![]);
+                if seeds.len() > 1 {
+                    dir.push(format!("seed-{seed}"));
+                    label.push(format!("seed {seed}, {}/{}", si + 1, seeds.len()));
+                }
+                if data.len() > 1 {
+                    dir.push(format!("fold-{}", fi + 1));
+                    label.push(format!("fold {}/{}", fi + 1, data.len()));
+                }
+                let label = if label.is_empty() { String::new() } else { format!(" ({})", label.join(", ")) };
+                std::fs::create_dir_all(&dir)?;
+                match self.trial(&dir, &trainer, fold, seed, &label, cancel, phase, o).await? {
+                    Some(m) => per_fold.push(m),
+                    None => return Ok(()), // o.status and o.message say why
+                }
             }
+            per_seed.push(Metrics::over_folds(&per_fold));
         }
-        o.metrics = Some(Metrics::over_folds(&per_fold));
+        o.metrics = Some(Metrics::over_seeds(&per_seed));
         Ok(())
     }
 

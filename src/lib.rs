@@ -27,6 +27,7 @@ pub mod edit;
 pub mod experiment;
 pub mod fsutil;
 pub mod ledger;
+pub mod noise;
 pub mod paths;
 pub mod pyenv;
 pub mod report;

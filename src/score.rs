@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Each fold's mean rank when the run cross-validates (the other fields are then fold means).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folds: Vec<f64>,
+    /// Each seed's mean rank when the run repeats over seeds (the other fields are then seed means).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<f64>,
 }
 
 impl Metrics {
@@ -43,8 +46,28 @@ impl Metrics {
         if folds.len() == 1 {
             return folds[0].clone();
         }
-        let k = folds.len() as f64;
-        let mean = |f: fn(&Metrics) -> f64| folds.iter().map(f).sum::<f64>() / k;
+        Metrics {
+            n: folds.iter().map(|m| m.n).sum(),
+            folds: folds.iter().map(|m| m.mean_rank).collect(),
+            ..Metrics::mean_of(folds)
+        }
+    }
+
+    /// The metrics of one train.rs repeated over seeds on the same data: every field the mean over
+    /// seeds, `seeds` each seed's mean rank, `folds` (if any) each fold's mean over seeds.
+    pub fn over_seeds(seeds: &[Metrics]) -> Metrics {
+        if seeds.len() == 1 {
+            return seeds[0].clone();
+        }
+        let k = seeds.len() as f64;
+        let folds = (0..seeds[0].folds.len()).map(|i| seeds.iter().map(|m| m.folds[i]).sum::<f64>() / k).collect();
+        Metrics { n: seeds[0].n, folds, seeds: seeds.iter().map(|m| m.mean_rank).collect(), ..Metrics::mean_of(seeds) }
+    }
+
+    /// Every field the mean over `all` (n, folds and seeds from the first).
+    fn mean_of(all: &[Metrics]) -> Metrics {
+        let k = all.len() as f64;
+        let mean = |f: fn(&Metrics) -> f64| all.iter().map(f).sum::<f64>() / k;
         Metrics {
             mean_rank: mean(|m| m.mean_rank),
             median_rank: mean(|m| m.median_rank),
@@ -56,10 +79,21 @@ impl Metrics {
             t2i_r1: mean(|m| m.t2i_r1),
             t2i_r5: mean(|m| m.t2i_r5),
             t2i_r10: mean(|m| m.t2i_r10),
-            n: folds.iter().map(|m| m.n).sum(),
             random_mean_rank: mean(|m| m.random_mean_rank),
-            folds: folds.iter().map(|m| m.mean_rank).collect(),
+            n: all[0].n,
+            folds: all[0].folds.clone(),
+            seeds: all[0].seeds.clone(),
         }
+    }
+
+    /// Every independent sample of the mean rank this run holds: one per seed, else the mean rank.
+    pub fn samples(&self) -> Vec<f64> {
+        if self.seeds.is_empty() { vec![self.mean_rank] } else { self.seeds.clone() }
+    }
+
+    /// Whether repeats over seeds gave exactly the same result: train.rs ignores its seed.
+    pub fn seed_ignored(&self) -> bool {
+        self.seeds.len() > 1 && self.seeds.iter().all(|s| (s - self.seeds[0]).abs() < 1e-9)
     }
 }
 
@@ -183,6 +217,7 @@ pub fn score(img: &Embeddings, txt: &Embeddings) -> Result<Metrics, InvalidEmbed
         n,
         random_mean_rank: (n as f64 - 1.0) / 2.0,
         folds: vec![],
+        seeds: vec![],
     })
 }
 

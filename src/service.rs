@@ -21,6 +21,7 @@ use crate::edit::{self, EditError};
 use crate::experiment::{Runner, Toolchain};
 use crate::fsutil::{free_bytes, one_line, open_append, sha256_hex, write_atomic};
 use crate::ledger::{self, Event, Fingerprint, Ledger, Run, RunStatus};
+use crate::noise;
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::sandbox::Sandbox;
@@ -30,6 +31,8 @@ use crate::workspace::{Workspace, WorkspaceState};
 
 /// Longest description accepted for a run or commit.
 pub const MAX_DESCRIPTION: usize = 200;
+/// Most seeds one run_experiment may repeat over.
+pub const MAX_SEEDS: u32 = 5;
 /// Longest scratchpad entry accepted.
 pub const MAX_SCRATCHPAD_ENTRY: usize = 8 * 1024;
 
@@ -73,6 +76,10 @@ pub struct EditTrainArgs {
 pub struct RunExperimentArgs {
     /// One line saying what this experiment tests (the hypothesis), e.g. "LR 3e-4 -> 1e-4".
     pub description: String,
+    /// Train this train.rs over this many seeds (1-5, default 1; each takes a full budget) and score
+    /// the mean ± sd. Repeating the unmodified baseline measures the noise floor.
+    #[serde(default)]
+    pub seeds: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -157,6 +164,14 @@ pub struct RunRow {
     pub reported: ledger::Reported,
     /// Short id of the fingerprint (runs compare only within one).
     pub fingerprint: String,
+    /// Standard deviation of the mean rank over the run's seeds (when it repeated over seeds).
+    pub mean_rank_sd: Option<f64>,
+    /// Independent samples behind the mean rank (seeds; 1 for a single training).
+    pub samples: usize,
+    /// Mean rank minus the best kept result of its fingerprint (negative is better; read_metrics only).
+    pub delta_vs_best_kept: Option<f64>,
+    /// What the comparison with the best kept result and the noise floor found.
+    pub flags: Vec<noise::Flag>,
 }
 
 impl From<&Run> for RunRow {
@@ -175,6 +190,10 @@ impl From<&Run> for RunRow {
             repeat_of: r.repeat_of.clone(),
             reported: r.reported.clone(),
             fingerprint: r.fingerprint.short(),
+            mean_rank_sd: r.metrics.as_ref().and_then(|m| noise::sd(&m.seeds)),
+            samples: r.metrics.as_ref().map(|m| m.samples().len()).unwrap_or(0),
+            delta_vs_best_kept: None,
+            flags: vec![],
         }
     }
 }
@@ -188,8 +207,11 @@ pub struct MetricsView {
     pub best_kept: Option<RunRow>,
     /// Best run of the unmodified train.rs of the current fingerprint.
     pub baseline: Option<RunRow>,
-    /// Standard deviation of repeated baseline runs, when at least two exist.
+    /// Standard deviation of the baseline's mean rank across seeds and repeats of the current
+    /// fingerprint, when at least two samples exist: improvements under twice this are flagged.
     pub noise_floor: Option<f64>,
+    /// Samples behind the noise floor.
+    pub noise_floor_samples: usize,
     /// The run in progress, if any.
     pub in_flight: Option<String>,
 }
@@ -442,6 +464,10 @@ impl Service {
             Ok(d) => d,
             Err(e) => return Reply::refused(format!("refused: {e}")),
         };
+        let n_seeds = args.seeds.unwrap_or(1);
+        if !(1..=MAX_SEEDS).contains(&n_seeds) {
+            return Reply::refused(format!("refused: seeds = {n_seeds}: use 1 to {MAX_SEEDS}"));
+        }
         // Claim the single run slot before anything else.
         let cancel = CancellationToken::new();
         let run_id = {
@@ -462,7 +488,7 @@ impl Service {
                 tokio::select! { _ = rc.cancelled() => c.cancel(), _ = sd.cancelled() => c.cancel(), _ = c.cancelled() => {} }
             })
         };
-        let mut reply = self.run_claimed(&run_id, &description, &cancel, phase).await;
+        let mut reply = self.run_claimed(&run_id, &description, n_seeds, &cancel, phase).await;
         watcher.abort();
         reply.run_id = Some(run_id);
         reply
@@ -472,6 +498,7 @@ impl Service {
         &self,
         run_id: &str,
         description: &str,
+        n_seeds: u32,
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
     ) -> Reply {
@@ -550,7 +577,8 @@ impl Service {
             return Reply::error(format!("cannot write the ledger: {e:#}"));
         }
 
-        let outcome = runner.experiment(&run_dir, &data, seed, cancel, phase).await;
+        let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
+        let outcome = runner.experiment(&run_dir, &data, &seeds, cancel, phase).await;
 
         if let Some(m) = &outcome.metrics {
             let _ = write_atomic(
@@ -583,6 +611,12 @@ impl Service {
         )
         .cloned();
         let mut text = summarize_run(run_id, &outcome, reference.as_ref(), &fingerprint);
+        if let Some(m) = &outcome.metrics {
+            let (best, floor) = self.comparison(&runs, &fingerprint, run_id);
+            for f in noise::flags(m, best, floor) {
+                text.push_str(&format!("warning: {}\n", f.explain(best.map(|b| m.mean_rank - b), floor)));
+            }
+        }
         if let Some(r) = &repeat_of {
             text.push_str(&format!(
                 "\nnote: train.rs is identical to run {r} (same fingerprint): this is a repeat, not a new experiment.\n"
@@ -608,30 +642,57 @@ impl Service {
     pub fn metrics_view(&self, args: &ReadMetricsArgs) -> MetricsView {
         let runs = self.ledger.lock().unwrap().runs();
         let current_fp = runs.last().map(|r| r.fingerprint.clone());
-        let (best_kept, baseline, noise_floor) = match &current_fp {
-            None => (None, None, None),
-            Some(fp) => {
-                let same: Vec<&Run> =
-                    runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
-                let best = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
-                let base: Vec<&&Run> = same.iter().filter(|r| r.train_hash == self.state.baseline_train_hash).collect();
-                let baseline = base.iter().min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(**r));
-                let ranks: Vec<f64> = base.iter().filter_map(|r| r.mean_rank()).collect();
-                (best, baseline, sd(&ranks))
-            }
+        let mut view = MetricsView {
+            runs: vec![],
+            total_runs: runs.len(),
+            best_kept: None,
+            baseline: None,
+            noise_floor: None,
+            noise_floor_samples: 0,
+            in_flight: self.run_in_flight(),
         };
-        let total_runs = runs.len();
-        let mut rows: Vec<RunRow> = runs
+        if let Some(fp) = &current_fp {
+            let same: Vec<&Run> =
+                runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
+            view.best_kept = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
+            let base = same.iter().filter(|r| r.train_hash == self.state.baseline_train_hash);
+            view.baseline = base.min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
+            let floor = noise::noise_floor(&same, &self.state.baseline_train_hash);
+            (view.noise_floor, view.noise_floor_samples) = (floor.map(|f| f.0), floor.map(|f| f.1).unwrap_or(0));
+        }
+        let best = view.best_kept.as_ref().and_then(|b| b.metrics.as_ref().map(|m| m.mean_rank));
+        view.runs = runs
             .iter()
             .filter(|r| args.status.is_none_or(|s| r.status == s))
             .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
-            .map(RunRow::from)
+            .map(|r| {
+                let mut row = RunRow::from(r);
+                if Some(&r.fingerprint) == current_fp.as_ref()
+                    && let Some(m) = &r.metrics
+                {
+                    row.delta_vs_best_kept = best.map(|b| m.mean_rank - b);
+                    row.flags = noise::flags(m, best, view.noise_floor);
+                }
+                row
+            })
             .collect();
         if let Some(n) = args.last {
-            let skip = rows.len().saturating_sub(n);
-            rows.drain(..skip);
+            let skip = view.runs.len().saturating_sub(n);
+            view.runs.drain(..skip);
         }
-        MetricsView { runs: rows, total_runs, best_kept, baseline, noise_floor, in_flight: self.run_in_flight() }
+        view
+    }
+
+    /// The best kept mean rank and the noise floor of fingerprint `fp`, leaving out run `except`.
+    fn comparison(&self, runs: &[Run], fp: &Fingerprint, except: &str) -> (Option<f64>, Option<f64>) {
+        let same: Vec<&Run> = runs
+            .iter()
+            .filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran && r.id != except)
+            .collect();
+        let best = same.iter().filter(|r| r.kept).filter_map(|r| r.mean_rank()).min_by(f64::total_cmp);
+        let all: Vec<&Run> =
+            runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
+        (best, noise::noise_floor(&all, &self.state.baseline_train_hash).map(|f| f.0))
     }
 
     // -------------------------------------------------------------------------------- commit
@@ -685,11 +746,22 @@ impl Service {
         let delta = reference
             .and_then(|r| r.mean_rank().map(|b| format!("{:+.2} vs {} {:.2}", m.mean_rank - b, r.id, b)))
             .unwrap_or_else(|| "no reference".into());
+        let (best, floor) = self.comparison(&runs, &latest_fp, &run.id);
+        let flags = noise::flags(&m, best, floor);
+        let mut trailers = String::new();
+        if let Some(f) = floor {
+            trailers.push_str(&format!("Noise-Floor: {f:.2}\n"));
+        }
+        if !flags.is_empty() {
+            let names: Vec<String> =
+                flags.iter().filter_map(|f| serde_json::to_value(f).ok()?.as_str().map(String::from)).collect();
+            trailers.push_str(&format!("Flags: {}\n", names.join(", ")));
+        }
         let head = self.audit.head();
         let message = format!(
-            "exp {}: mean_rank {:.2} ({delta}) | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\nAudit-Head: {}\nAudit-Lines: {}\n",
+            "exp {}: mean_rank {} ({delta}) | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\n{trailers}Audit-Head: {}\nAudit-Lines: {}\n",
             run.id,
-            m.mean_rank,
+            noise::mean_pm(&m),
             run.id,
             latest_fp.short(),
             head.hash,
@@ -709,11 +781,12 @@ impl Service {
         }) {
             return Reply::error(format!("committed {commit} but cannot write the ledger: {e:#}"));
         }
-        let mut r = Reply::ok(format!(
-            "kept run {run_id} as commit {}:\n{}",
-            &commit[..10],
-            message.lines().next().unwrap_or("")
-        ));
+        let mut text =
+            format!("kept run {run_id} as commit {}:\n{}\n", &commit[..10], message.lines().next().unwrap_or(""));
+        for f in &flags {
+            text.push_str(&format!("warning: {}\n", f.explain(best.map(|b| m.mean_rank - b), floor)));
+        }
+        let mut r = Reply::ok(text);
         r.run_id = Some(run_id);
         r
     }
@@ -872,22 +945,16 @@ fn cmp_rank(a: &&Run, b: &&Run) -> std::cmp::Ordering {
     a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX))
 }
 
-fn sd(x: &[f64]) -> Option<f64> {
-    if x.len() < 2 {
-        return None;
-    }
-    let m = x.iter().sum::<f64>() / x.len() as f64;
-    Some((x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt())
-}
-
 fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option<&Run>, fp: &Fingerprint) -> String {
     let mut t = String::new();
     let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     match &o.metrics {
         Some(m) => {
             t.push_str(&format!(
-                "run {run_id} {status}: mean rank {:.2} (random would be {:.1}, N = {})",
-                m.mean_rank, m.random_mean_rank, m.n
+                "run {run_id} {status}: mean rank {} (random would be {:.1}, N = {})",
+                noise::mean_pm(m),
+                m.random_mean_rank,
+                m.n
             ));
             if m.folds.len() > 1 {
                 let folds: Vec<String> = m.folds.iter().map(|f| format!("{f:.2}")).collect();
@@ -895,7 +962,7 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
                     " = mean over {} folds [{}], sd {:.2}",
                     m.folds.len(),
                     folds.join(", "),
-                    sd(&m.folds).unwrap_or(0.0)
+                    noise::sd(&m.folds).unwrap_or(0.0)
                 ));
             }
             match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
@@ -951,12 +1018,16 @@ pub fn render_view(v: &MetricsView) -> String {
             "{} {:<14} {:>9} {:>6} {}{} {}\n",
             r.id,
             serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-            r.metrics.as_ref().map(|m| format!("{:.2}", m.mean_rank)).unwrap_or("-".into()),
+            r.metrics.as_ref().map(noise::mean_pm).unwrap_or("-".into()),
             format!("{:.0}s", r.duration_s),
             if r.kept { "kept " } else { "" },
             if r.overran { "OVERRAN " } else { "" },
-            r.description
-        )
+            r.description,
+        ) + &r
+            .flags
+            .iter()
+            .map(|f| format!("      flag: {}\n", f.explain(r.delta_vs_best_kept, None)))
+            .collect::<String>()
     };
     if let Some(b) = &v.baseline {
         t.push_str(&format!("baseline: {}", line(b)));
@@ -964,8 +1035,13 @@ pub fn render_view(v: &MetricsView) -> String {
     if let Some(b) = &v.best_kept {
         t.push_str(&format!("best kept: {}", line(b)));
     }
-    if let Some(n) = v.noise_floor {
-        t.push_str(&format!("noise floor (sd of baseline repeats): {n:.2}\n"));
+    match v.noise_floor {
+        Some(n) => t.push_str(&format!(
+            "noise floor: sd {n:.2} of the baseline over {} seeds/repeats; improvements under {:.2} are flagged\n",
+            v.noise_floor_samples,
+            noise::FLOORS * n
+        )),
+        None => t.push_str("noise floor: not measured (run the unmodified baseline with seeds: 3)\n"),
     }
     if let Some(f) = &v.in_flight {
         t.push_str(&format!("in flight: {f}\n"));

@@ -8,6 +8,7 @@ mod datasets;
 mod docker;
 mod escape;
 mod experiment;
+mod noise;
 mod refusals;
 mod report;
 mod tools;

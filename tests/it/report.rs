@@ -41,6 +41,7 @@ fn metrics(mean_rank: f64) -> Metrics {
         n: 256,
         random_mean_rank: 127.5,
         folds: vec![],
+        seeds: vec![],
     }
 }
 
