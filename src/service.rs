@@ -997,6 +997,12 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
         "server-measured: build {}, train {}, embed {} + {}, score {}, total {:.1}s; fingerprint {} ({} profile, {}, budget {} s)\n",
         f(p.build), f(p.train), f(p.embed_images), f(p.embed_texts), f(p.score), p.total, fp.short(), fp.profile, fp.device, fp.budget_seconds
     ));
+    // Throughput from the reported step count over the server's own clock (process start to exit).
+    if let (Some(steps), Some(secs)) = (o.reported.steps, p.train)
+        && secs > 0.0
+    {
+        t.push_str(&format!("throughput: {:.2} steps/s over the train phase\n", steps as f64 / secs));
+    }
     if o.overran {
         t.push_str("OVERRAN: training took longer than its budget; this run cannot be committed.\n");
     }
