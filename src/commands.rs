@@ -1,5 +1,6 @@
 //! What each subcommand does (the CLI's bodies), kept out of `main` so tests and main share them.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,14 +146,15 @@ async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
     let progress = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let phase = rx.borrow_and_update().clone();
-            eprintln!("[run] {phase}");
+            // Never eprintln! here: a closed stderr (the terminal or parent gone) would panic the task.
+            let _ = writeln!(std::io::stderr(), "[run] {phase}");
         }
     });
     let c2 = cancel.clone();
     tokio::spawn(async move {
         let s = shutdown_signal().await;
-        eprintln!("[run] {s}: cancelling");
-        c2.cancel();
+        c2.cancel(); // first: reporting it may fail if stderr is gone
+        let _ = writeln!(std::io::stderr(), "[run] {s}: cancelling");
     });
     let reply = svc.run_experiment(args, "cli", cancel, tx).await;
     progress.abort();
