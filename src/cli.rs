@@ -56,6 +56,10 @@ pub enum Command {
         /// Output folder (default: the workspace's .autoresearch/report/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// First score the baseline and every kept run on the test split (sandboxed embedding with each
+        /// run's own trainer and checkpoint; runs already scored are not redone) and print that table.
+        #[arg(long)]
+        test: bool,
     },
     /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
     Doctor,

@@ -30,7 +30,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let checks = crate::doctor::run(&root).await;
             Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Report { out } => report(&paths, out),
+        Command::Report { out, test } => {
+            if test {
+                report_test(&paths).await?;
+            }
+            report(&paths, out)
+        }
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -84,6 +89,25 @@ fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
     println!("wrote {} ({} diffs)", diff_dir.display(), diffs.len());
     println!("open {} in a browser", out.join("report.html").display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report --test`: scores the baseline and kept runs on the test split and prints that table.
+async fn report_test(paths: &Paths) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        let s = shutdown_signal().await;
+        eprintln!("[test] {s}: cancelling");
+        c2.cancel();
+    });
+    let scores = crate::test_split::score_runs(paths, &cancel, &|line| eprintln!("[test] {line}")).await;
+    watcher.abort();
+    let scores = scores.context("report --test")?;
+    print!("{}", scores.markdown());
+    println!();
+    println!("wrote {}", crate::test_split::TestScores::path(paths).display());
+    println!();
+    Ok(())
 }
 
 fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {

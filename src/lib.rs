@@ -15,6 +15,7 @@
 //! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
+//! - [`test_split`]: `report --test`, the baseline and kept runs scored on the never-mounted test split.
 
 pub mod audit;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod score;
 pub mod server;
 pub mod service;
 pub mod synth;
+pub mod test_split;
 pub mod train_config;
 pub mod untrusted;
 pub mod workspace;
