@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             report(&paths, out)
         }
+        Command::Export { out, run } => export(&paths, out, run),
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -108,6 +109,31 @@ async fn report_test(paths: &Paths) -> Result<()> {
     println!("wrote {}", crate::test_split::TestScores::path(paths).display());
     println!();
     Ok(())
+}
+
+fn export(paths: &Paths, out: Option<std::path::PathBuf>, run: Option<String>) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| paths.state().join("export"));
+    let done = crate::export::export(paths, &out, run.as_deref())?;
+    for n in &done.notes {
+        eprintln!("export: {n}");
+    }
+    for e in &done.exported {
+        let c = &e.card;
+        println!(
+            "{} {} ({}): validation mean rank {:.2}{}; commit {} -> {}",
+            c.role,
+            c.run_id,
+            crate::report::short_label(&c.description, 80),
+            c.validation.mean_rank,
+            c.test.as_ref().map(|t| format!(", test {:.2}", t.mean_rank)).unwrap_or_default(),
+            c.commit.as_deref().map(|x| &x[..x.len().min(10)]).unwrap_or("none"),
+            e.dir.display()
+        );
+    }
+    for f in &done.failed {
+        eprintln!("export failed: {f}");
+    }
+    Ok(if done.failed.is_empty() && !done.exported.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
