@@ -256,3 +256,28 @@ fn count_rows(file: &Path) -> usize {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensor("images").unwrap().shape()[0]
 }
+
+/// A cross-validated run has one checkpoint per fold: `report --test` scores the first fold's and
+/// says so, on the test split of the fixed split's cache (the folds never hold the test set).
+#[tokio::test(flavor = "multi_thread")]
+async fn report_test_scores_a_cross_validated_run_with_its_first_fold() {
+    let _serial = EXPERIMENTS.lock().await;
+    // A short budget: this checks the protocol, not the model.
+    let ws = Ws::with_config("budget_seconds = 10\nfolds = 3");
+    let out = ws.cli(&["run", "-m", "baseline, 3-fold"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let stdout = report_test(&ws);
+    let s = test_scores(&ws);
+    let r = row(&s, "r0001");
+    assert_eq!(r["kind"], "baseline");
+    assert!(r["metrics"]["mean_rank"].as_f64().unwrap().is_finite(), "{r}");
+    assert!(r["note"].as_str().unwrap().contains("fold 1 of 3"), "{r}");
+    assert_eq!(r["checkpoint"], ".autoresearch/runs/r0001/fold-1/train/checkpoint.safetensors");
+    assert!(stdout.contains("fold 1 of 3's checkpoint"), "{stdout}");
+    let with_test = std::fs::read_dir(ws.state("data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("private/test_pairing.json").is_file())
+        .count();
+    assert_eq!(with_test, 1, "one cache holds the test halves: the fixed split's");
+}
