@@ -1,4 +1,4 @@
-//! Command-line interface: `init`, `serve`, `run`, `audit`, `report`, `synth`, and the hidden
+//! Command-line interface: `init`, `serve`, `run`, `audit`, `report`, `export`, `synth`, and the hidden
 //! `sandbox-exec` that the local sandbox re-executes.
 
 use std::path::PathBuf;
@@ -59,6 +59,20 @@ pub enum Command {
         /// Output folder (default: the workspace's .autoresearch/report/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// First score the baseline and every kept run on the test split (sandboxed embedding with each
+        /// run's own trainer and checkpoint; runs already scored are not redone) and print that table.
+        #[arg(long)]
+        test: bool,
+    },
+    /// Export the best kept model (or --run ID) and the baseline: model.safetensors, MODEL_CARD.md,
+    /// card.json, train.rs, its diff from the baseline, and a PyTorch loader.
+    Export {
+        /// Output folder (default: the workspace's .autoresearch/export/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Export this run instead of the best kept one.
+        #[arg(long)]
+        run: Option<String>,
     },
     /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
     Doctor,

@@ -31,7 +31,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let checks = crate::doctor::run(&root).await;
             Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Report { out } => report(&paths, out),
+        Command::Report { out, test } => {
+            if test {
+                report_test(&paths).await?;
+            }
+            report(&paths, out)
+        }
+        Command::Export { out, run } => export(&paths, out, run),
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -85,6 +91,50 @@ fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
     println!("wrote {} ({} diffs)", diff_dir.display(), diffs.len());
     println!("open {} in a browser", out.join("report.html").display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report --test`: scores the baseline and kept runs on the test split and prints that table.
+async fn report_test(paths: &Paths) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        let s = shutdown_signal().await;
+        eprintln!("[test] {s}: cancelling");
+        c2.cancel();
+    });
+    let scores = crate::test_split::score_runs(paths, &cancel, &|line| eprintln!("[test] {line}")).await;
+    watcher.abort();
+    let scores = scores.context("report --test")?;
+    print!("{}", scores.markdown());
+    println!();
+    println!("wrote {}", crate::test_split::TestScores::path(paths).display());
+    println!();
+    Ok(())
+}
+
+fn export(paths: &Paths, out: Option<std::path::PathBuf>, run: Option<String>) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| paths.state().join("export"));
+    let done = crate::export::export(paths, &out, run.as_deref())?;
+    for n in &done.notes {
+        eprintln!("export: {n}");
+    }
+    for e in &done.exported {
+        let c = &e.card;
+        println!(
+            "{} {} ({}): validation mean rank {:.2}{}; commit {} -> {}",
+            c.role,
+            c.run_id,
+            crate::report::short_label(&c.description, 80),
+            c.validation.mean_rank,
+            c.test.as_ref().map(|t| format!(", test {:.2}", t.mean_rank)).unwrap_or_default(),
+            c.commit.as_deref().map(|x| &x[..x.len().min(10)]).unwrap_or("none"),
+            e.dir.display()
+        );
+    }
+    for f in &done.failed {
+        eprintln!("export failed: {f}");
+    }
+    Ok(if done.failed.is_empty() && !done.exported.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 
 /// Largest prepared split the server reads back (the GPU profile's validation split is ~170 MB).
-const MAX_SPLIT_BYTES: u64 = 16 << 30;
+pub(crate) const MAX_SPLIT_BYTES: u64 = 16 << 30;
 
 /// Which original item sits at each row of the shuffled validation files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,17 +79,7 @@ pub fn finish(dir: &Path) -> Result<Prepared> {
             bail!("val.safetensors: {key} has a different number of rows than images");
         }
     }
-    let mut rng = rand::rng();
-    let mut image_order: Vec<usize> = (0..val_n).collect();
-    image_order.shuffle(&mut rng);
-    let mut text_order: Vec<usize> = (0..val_n).collect();
-    text_order.shuffle(&mut rng);
-
-    std::fs::create_dir_all(dir.join("phase"))?;
-    std::fs::create_dir_all(dir.join("private"))?;
-    write_shuffled(&st, &["images"], &image_order, &dir.join("phase/val_images.safetensors"))?;
-    write_shuffled(&st, &["caption_ids", "caption_mask"], &text_order, &dir.join("phase/val_texts.safetensors"))?;
-    let pairing = Pairing { image_order, text_order };
+    let pairing = write_halves(dir, "val", &st)?;
     write_atomic(&dir.join("private/pairing.json"), serde_json::to_string(&pairing)?.as_bytes())?;
     let mut h = Sha256::new();
     h.update(sha256_hex(&train));
@@ -99,7 +89,25 @@ pub fn finish(dir: &Path) -> Result<Prepared> {
     Ok(ready)
 }
 
-fn rows(st: &SafeTensors, key: &str) -> Result<usize> {
+/// Writes the prepared `split` (`st`, already checked to have as many captions as images) as two files,
+/// `dir/phase/<split>_images.safetensors` and `dir/phase/<split>_texts.safetensors`, each in its own
+/// secret random row order; returns the orders, which the caller keeps in `dir/private/`.
+pub(crate) fn write_halves(dir: &Path, split: &str, st: &SafeTensors) -> Result<Pairing> {
+    let n = rows(st, "images")?;
+    let mut rng = rand::rng();
+    let mut image_order: Vec<usize> = (0..n).collect();
+    image_order.shuffle(&mut rng);
+    let mut text_order: Vec<usize> = (0..n).collect();
+    text_order.shuffle(&mut rng);
+    std::fs::create_dir_all(dir.join("phase"))?;
+    std::fs::create_dir_all(dir.join("private"))?;
+    write_shuffled(st, &["images"], &image_order, &dir.join(format!("phase/{split}_images.safetensors")))?;
+    let texts = dir.join(format!("phase/{split}_texts.safetensors"));
+    write_shuffled(st, &["caption_ids", "caption_mask"], &text_order, &texts)?;
+    Ok(Pairing { image_order, text_order })
+}
+
+pub(crate) fn rows(st: &SafeTensors, key: &str) -> Result<usize> {
     let t = st.tensor(key).with_context(|| format!("prepared split has no `{key}`"))?;
     t.shape().first().copied().with_context(|| format!("`{key}` is a scalar"))
 }

@@ -581,14 +581,7 @@ impl Runner {
         for (name, input) in [("embed-images", data.val_images()), ("embed-texts", data.val_texts())] {
             let _ = phase.send(format!("embedding ({name}){label}"));
             let dir = run_dir.join(name);
-            std::fs::create_dir_all(&dir)?;
-            let mut env = self.run_env(name, &input, &dir, seed)?;
-            env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
-            let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
-            // One shuffled half of validation and the checkpoint; never the other half or the pairing.
-            let read_only = self.phase_mounts(&[&trainer, &input, &ckpt])?;
-            let mut job = self.job(name, trainer.clone(), vec![], env, &dir, (t, 1 << 30));
-            job.read_only = read_only;
+            let job = self.embed_job(name, &trainer, &input, &ckpt, &dir, seed)?;
             let r = self.sandbox.run(&job, cancel).await?;
             let secs = r.wall.as_secs_f64();
             add(if name == "embed-images" { &mut o.phases.embed_images } else { &mut o.phases.embed_texts }, secs);
@@ -622,6 +615,29 @@ impl Runner {
                 Ok(None)
             }
         }
+    }
+}
+
+impl Runner {
+    /// The sandboxed job of an embed phase (`embed-images` or `embed-texts`) in `dir` (created): `trainer`
+    /// embeds `input`, one shuffled half of an evaluation split, with the checkpoint `ckpt`. It mounts
+    /// those and nothing else: never the other half, never the pairing. Also used by `report --test`.
+    pub(crate) fn embed_job(
+        &self,
+        name: &str,
+        trainer: &Path,
+        input: &Path,
+        ckpt: &Path,
+        dir: &Path,
+        seed: u64,
+    ) -> Result<Job> {
+        std::fs::create_dir_all(dir)?;
+        let mut env = self.run_env(name, input, dir, seed)?;
+        env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
+        let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
+        let mut job = self.job(name, trainer.to_path_buf(), vec![], env, dir, (t, 1 << 30));
+        job.read_only = self.phase_mounts(&[trainer, input, ckpt])?;
+        Ok(job)
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
+//! - [`test_split`]: `report --test`, the baseline and kept runs scored on the never-mounted test split.
+//! - [`export`]: the best kept model and the baseline as safetensors with a model card.
 
 pub mod audit;
 pub mod cli;
@@ -25,6 +27,7 @@ pub mod dataset;
 pub mod doctor;
 pub mod edit;
 pub mod experiment;
+pub mod export;
 pub mod fsutil;
 pub mod ledger;
 pub mod noise;
@@ -37,6 +40,7 @@ pub mod score;
 pub mod server;
 pub mod service;
 pub mod synth;
+pub mod test_split;
 pub mod train_config;
 pub mod untrusted;
 pub mod workspace;

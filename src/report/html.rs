@@ -41,6 +41,10 @@ table#runs { border-collapse: collapse; font-size: 13px; width: 100%; }
 #runs tr.baseline td { background: #eaf1fb; }
 #runs tr.crashed td { background: #fdeeee; }
 #runs tr.cancelled td { background: #fff5e6; }
+table#test { border-collapse: collapse; font-size: 13px; }
+#test th, #test td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+#test th { background: #f4f4f4; }
+#test td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .tag { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; color: #fff; }
 .tag.kept { background: #1a9641; } .tag.baseline { background: #2b6cb0; } .tag.discarded { background: #8a8a8a; }
 .tag.crashed { background: #d62728; } .tag.cancelled { background: #f08c00; }
@@ -87,6 +91,7 @@ pub fn page(report: &Report, svg: &str) -> String {
         report.generated_at.format("%Y-%m-%d %H:%M UTC"),
     );
     runs_table(&mut o, report);
+    test_table(&mut o, report);
     diffs(&mut o, report);
     o.push_str("</body>\n</html>\n");
     o
@@ -100,7 +105,7 @@ fn runs_table(o: &mut String, report: &Report) {
     o.push_str(
         r#"<h2>Runs</h2>
 <table id="runs">
-<thead><tr><th>#</th><th>run</th><th>kind</th><th>status</th><th>mean rank</th><th>Δ best</th><th>median</th><th>i2t R@1/5/10</th><th>t2i R@1/5/10</th><th>train s</th><th>commit</th><th>fingerprint</th><th>description</th></tr></thead>
+<thead><tr><th>#</th><th>run</th><th>kind</th><th>status</th><th>mean rank</th><th>Δ best</th><th>test mean rank</th><th>median</th><th>i2t R@1/5/10</th><th>t2i R@1/5/10</th><th>train s</th><th>commit</th><th>fingerprint</th><th>description</th></tr></thead>
 <tbody>
 "#,
     );
@@ -113,12 +118,13 @@ fn runs_table(o: &mut String, report: &Report) {
         }
         let _ = writeln!(
             o,
-            r##"<tr id="run-{id}" class="{kind}"><td class="num">{}</td><td><a href="#diff-{id}">{id}</a></td><td><span class="tag {kind}">{kind}</span></td><td title="{}">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><code>{}</code></td><td><code>{}</code></td><td class="desc">{}</td></tr>"##,
+            r##"<tr id="run-{id}" class="{kind}"><td class="num">{}</td><td><a href="#diff-{id}">{id}</a></td><td><span class="tag {kind}">{kind}</span></td><td title="{}">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><code>{}</code></td><td><code>{}</code></td><td class="desc">{}</td></tr>"##,
             r.number,
             escape(r.message.as_deref().unwrap_or("")),
             escape(&status),
             num(m.map(|m| m.mean_rank), 2),
             e.delta().map(|d| format!("{d:+.2}")).unwrap_or_default(),
+            num(report.test_metrics(&r.id).map(|m| m.mean_rank), 2),
             num(m.map(|m| m.median_rank), 1),
             m.map(|m| format!("{:.1}/{:.1}/{:.1}", m.i2t_r1, m.i2t_r5, m.i2t_r10)).unwrap_or_default(),
             m.map(|m| format!("{:.1}/{:.1}/{:.1}", m.t2i_r1, m.t2i_r5, m.t2i_r10)).unwrap_or_default(),
@@ -128,6 +134,45 @@ fn runs_table(o: &mut String, report: &Report) {
             escape(&short_label(&r.description, 1000)),
             id = escape(&r.id),
             kind = e.kind.as_str(),
+        );
+    }
+    o.push_str("</tbody>\n</table>\n");
+}
+
+/// The last `report --test`: validation against test for the baseline and every kept run.
+fn test_table(o: &mut String, report: &Report) {
+    let Some(t) = &report.test else { return };
+    let _ = write!(
+        o,
+        r#"<h2>Test split</h2>
+<p class="meta">{} pairs (random retrieval mean rank {:.1}), scored {} by <code>report --test</code>; no phase of the loop ever saw them.</p>
+<table id="test">
+<thead><tr><th>#</th><th>run</th><th>kind</th><th>val mean rank</th><th>test mean rank</th><th>test median</th><th>test i2t R@1/5/10</th><th>test t2i R@1/5/10</th><th>note</th><th>description</th></tr></thead>
+<tbody>
+"#,
+        t.test_n,
+        (t.test_n as f64 - 1.0) / 2.0,
+        t.generated_at.format("%Y-%m-%d %H:%M UTC"),
+    );
+    for r in &t.rows {
+        let m = r.metrics.as_ref();
+        let note = match (&r.skipped, &r.note) {
+            (Some(why), _) => format!("not scored: {why}"),
+            (None, n) => n.clone().unwrap_or_default(),
+        };
+        let kind = if r.kind == "kept" { "kept" } else { "baseline" };
+        let _ = writeln!(
+            o,
+            r#"<tr class="{kind}"><td class="num">{}</td><td>{}</td><td><span class="tag {kind}">{kind}</span></td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td><td class="desc">{}</td></tr>"#,
+            r.number,
+            escape(&r.run_id),
+            num(r.val_mean_rank, 2),
+            num(m.map(|m| m.mean_rank), 2),
+            num(m.map(|m| m.median_rank), 1),
+            m.map(|m| format!("{:.1}/{:.1}/{:.1}", m.i2t_r1, m.i2t_r5, m.i2t_r10)).unwrap_or_default(),
+            m.map(|m| format!("{:.1}/{:.1}/{:.1}", m.t2i_r1, m.t2i_r5, m.t2i_r10)).unwrap_or_default(),
+            escape(&short_label(&note, 500)),
+            escape(&short_label(&r.description, 1000)),
         );
     }
     o.push_str("</tbody>\n</table>\n");

@@ -4,7 +4,9 @@
 //!   cancelled told apart, the best kept so far as a step line, fingerprint changes marked ([`chart`]);
 //! - `results.tsv` and `results.md`: one row per run ([`table`]);
 //! - `diffs/<run>.diff`: every experiment's change to train.rs, kept or not ([`diffs`]);
-//! - `report.html`: all of the above in one self-contained page ([`html`]).
+//! - `report.html`: all of the above in one self-contained page ([`html`]);
+//! - `test.md`: after `report --test`, the baseline and kept runs on the test split
+//!   ([`crate::test_split`]); the tables and the page then show test mean ranks too.
 //!
 //! Descriptions and diffs are agent text: every writer escapes them for its format.
 
@@ -20,6 +22,7 @@ use anyhow::{Context, Result};
 use crate::fsutil::write_atomic;
 use crate::ledger::{Ledger, Run, RunStatus};
 use crate::paths::Paths;
+use crate::test_split::TestScores;
 use crate::workspace::WorkspaceState;
 
 /// How a run shows on the chart and in the tables.
@@ -108,6 +111,8 @@ pub struct Report {
     pub branch: Option<String>,
     pub workspace: PathBuf,
     pub generated_at: chrono::DateTime<chrono::Utc>,
+    /// The scores of the last `report --test`, if it ran.
+    pub test: Option<TestScores>,
 }
 
 impl Report {
@@ -134,6 +139,7 @@ impl Report {
             branch: state.map(|s| s.branch),
             workspace: paths.root.clone(),
             generated_at: chrono::Utc::now(),
+            test: TestScores::load(paths),
         })
     }
 
@@ -144,6 +150,11 @@ impl Report {
             .iter()
             .filter(|e| e.kind.sets_the_bar() && &e.run.fingerprint == fp)
             .min_by(|a, b| a.run.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.run.mean_rank().unwrap_or(f64::MAX)))
+    }
+
+    /// The test-split metrics of a run, when the last `report --test` scored it.
+    pub fn test_metrics(&self, run_id: &str) -> Option<&crate::score::Metrics> {
+        self.test.as_ref()?.scored(run_id)?.metrics.as_ref()
     }
 
     pub fn count(&self, kind: Kind) -> usize {
@@ -195,6 +206,9 @@ pub fn write(paths: &Paths, out: &Path) -> Result<Written> {
     put(out.join("results.tsv"), table::tsv(&report).as_bytes())?;
     let markdown = table::markdown(&report);
     put(out.join("results.md"), markdown.as_bytes())?;
+    if let Some(t) = &report.test {
+        put(out.join("test.md"), t.markdown().as_bytes())?;
+    }
     for e in &report.entries {
         if let Some(d) = &e.diff {
             put(diff_dir.join(e.diff_name()), d.text.as_bytes())?;

@@ -18,14 +18,14 @@ fn short_commit(e: &Entry) -> String {
 /// Markdown: `|` in descriptions is escaped, control characters and newlines become spaces.
 pub fn markdown(report: &Report) -> String {
     let mut t = String::from(
-        "| # | run | kind | status | mean rank | Δ best | random | median | i2t R@1/5/10 | t2i R@1/5/10 | train s | commit | fingerprint | description |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| # | run | kind | status | mean rank | Δ best | test mean rank | random | median | i2t R@1/5/10 | t2i R@1/5/10 | train s | commit | fingerprint | description |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for e in &report.entries {
         let r = &e.run;
         let m = r.metrics.as_ref();
         t.push_str(&format!(
-            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.number,
             r.id,
             e.kind.as_str(),
@@ -33,6 +33,7 @@ pub fn markdown(report: &Report) -> String {
             if r.overran { " (overran)" } else { "" },
             fmt(m.map(|m| m.mean_rank), 2),
             signed(e.delta()),
+            fmt(report.test_metrics(&r.id).map(|m| m.mean_rank), 2),
             fmt(m.map(|m| m.random_mean_rank), 1),
             fmt(m.map(|m| m.median_rank), 1),
             m.map(|m| format!("{:.1}/{:.1}/{:.1}", m.i2t_r1, m.i2t_r5, m.i2t_r10)).unwrap_or_default(),
@@ -65,6 +66,14 @@ pub const TSV_COLUMNS: &[&str] = &[
     "t2i_r1",
     "t2i_r5",
     "t2i_r10",
+    "test_mean_rank",
+    "test_median_rank",
+    "test_i2t_r1",
+    "test_i2t_r5",
+    "test_i2t_r10",
+    "test_t2i_r1",
+    "test_t2i_r5",
+    "test_t2i_r10",
     "n_val",
     "train_seconds",
     "total_seconds",
@@ -83,6 +92,7 @@ pub fn tsv(report: &Report) -> String {
     for e in &report.entries {
         let r = &e.run;
         let m = r.metrics.as_ref();
+        let tm = report.test_metrics(&r.id);
         let cells = [
             r.number.to_string(),
             r.id.clone(),
@@ -101,6 +111,14 @@ pub fn tsv(report: &Report) -> String {
             fmt(m.map(|m| m.t2i_r1), 2),
             fmt(m.map(|m| m.t2i_r5), 2),
             fmt(m.map(|m| m.t2i_r10), 2),
+            fmt(tm.map(|m| m.mean_rank), 4),
+            fmt(tm.map(|m| m.median_rank), 2),
+            fmt(tm.map(|m| m.i2t_r1), 2),
+            fmt(tm.map(|m| m.i2t_r5), 2),
+            fmt(tm.map(|m| m.i2t_r10), 2),
+            fmt(tm.map(|m| m.t2i_r1), 2),
+            fmt(tm.map(|m| m.t2i_r5), 2),
+            fmt(tm.map(|m| m.t2i_r10), 2),
             r.fingerprint.val_n.to_string(),
             fmt(r.phases.train, 2),
             format!("{:.2}", r.phases.total),

@@ -8,6 +8,7 @@ mod datasets;
 mod docker;
 mod escape;
 mod experiment;
+mod export;
 mod noise;
 mod refusals;
 mod report;
