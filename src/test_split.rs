@@ -247,18 +247,30 @@ fn is_regular(p: &Path) -> bool {
     std::fs::symlink_metadata(p).map(|m| m.file_type().is_file()).unwrap_or(false)
 }
 
-/// The checkpoint a run is scored with, and a note when it is not the obvious one: a cross-validated
-/// run trained once per fold; its first fold's checkpoint stands for it.
+/// The checkpoint a run is scored with, and a note when it is not the obvious one: a run repeated over
+/// seeds trained once per seed, a cross-validated run once per fold; the first seed's and the first
+/// fold's checkpoint stands for it.
 pub fn checkpoint_of(paths: &Paths, run: &Run) -> (PathBuf, Option<String>) {
-    let dir = paths.run_dir(&run.id);
-    let folds = run.metrics.as_ref().map(|m| m.folds.len()).unwrap_or(0);
-    if folds > 1 || dir.join("fold-1").is_dir() {
-        let k = if folds > 1 { folds.to_string() } else { "k".into() };
-        let note = format!("cross-validated: fold 1 of {k}'s checkpoint (trained on that fold's training part)");
-        (dir.join("fold-1/train/checkpoint.safetensors"), Some(note))
-    } else {
-        (dir.join("train/checkpoint.safetensors"), None)
+    let mut dir = paths.run_dir(&run.id);
+    let mut notes = vec![];
+    let seeds = run.metrics.as_ref().map(|m| m.seeds.len()).unwrap_or(0);
+    let seed_dir = dir.join(format!("seed-{}", run.seed));
+    if seeds > 1 || seed_dir.is_dir() {
+        notes.push(format!("seed {} of {seeds}", run.seed));
+        dir = seed_dir;
     }
+    let folds = run.metrics.as_ref().map(|m| m.folds.len()).unwrap_or(0);
+    let cross_validated = folds > 1 || dir.join("fold-1").is_dir();
+    if cross_validated {
+        let k = if folds > 1 { folds.to_string() } else { "k".into() };
+        notes.push(format!("fold 1 of {k}"));
+        dir = dir.join("fold-1");
+    }
+    let note = (!notes.is_empty()).then(|| {
+        let cv = if cross_validated { " (cross-validated: trained on that fold's training part)" } else { "" };
+        format!("{}'s checkpoint{cv}", notes.join(", "))
+    });
+    (dir.join("train/checkpoint.safetensors"), note)
 }
 
 /// Scores the baseline and every kept run on the test split, writes `.autoresearch/test_scores.json`
