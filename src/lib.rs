@@ -20,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod direct;
 pub mod doctor;
 pub mod edit;
 pub mod experiment;
