@@ -3,6 +3,7 @@
 mod common;
 
 mod audit_log;
+mod direct_run;
 mod docker;
 mod escape;
 mod experiment;
