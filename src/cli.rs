@@ -106,6 +106,10 @@ pub enum Command {
         #[arg(long, default_value = "baseline")]
         config: String,
     },
+    /// UNSANDBOXED, for benchmark/GPU machines only: prepare, train, embed and score one experiment with
+    /// the trainer binaries run as plain child processes (no namespaces, no cgroups, no Landlock: train.rs
+    /// gets your rights, files and network). Never reachable from the MCP tools. See docs/gpu.md.
+    UnsandboxedExperiment(crate::direct::DirectArgs),
     #[command(hide = true)]
     SandboxExec { spec: String },
 }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::config::DataConfig;
@@ -122,6 +122,22 @@ impl Layout {
         }
         Ok(hex::encode(h.finalize())[..16].to_string())
     }
+}
+
+/// The prepared-cache folder name of `layout` at `profile` with `tokenizer`: a different tokenizer gives
+/// different token ids, so it is part of the key, like the dataset and the profile.
+pub fn cache_key(layout: &Layout, profile: &str, tokenizer: &Path) -> Result<String> {
+    let tok = std::fs::read(tokenizer).with_context(|| format!("read the tokenizer {}", tokenizer.display()))?;
+    Ok(format!("{profile}-{}-{}", layout.hash()?, &crate::fsutil::sha256_hex(&tok)[..8]))
+}
+
+/// `prepare`'s arguments naming `splits` and `layout`'s images (its `--split`/`--images` form).
+pub fn prepare_split_args(splits: &[(&str, &Path)], layout: &Layout) -> Vec<String> {
+    let mut args = vec!["--images".to_string(), layout.images.display().to_string()];
+    for (name, file) in splits {
+        args.extend(["--split".into(), format!("{name}={}", file.display())]);
+    }
+    args
 }
 
 /// The reference's cross-validation: training and validation entries pooled, shuffled with `seed`, and

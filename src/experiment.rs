@@ -345,10 +345,7 @@ impl Runner {
     ) -> Result<Vec<Prepared>> {
         let tokenizer = self.tokenizer()?;
         let layout = Layout::resolve(&self.dataset(), &self.config.data)?;
-        let tok = std::fs::read(&tokenizer).with_context(|| format!("read the tokenizer {}", tokenizer.display()))?;
-        // A different tokenizer gives different ids: part of the key, like the dataset and the profile.
-        let profile = self.config.experiment.profile.as_str();
-        let key = format!("{profile}-{}-{}", layout.hash()?, &sha256_hex(&tok)[..8]);
+        let key = crate::dataset::cache_key(&layout, self.config.experiment.profile.as_str(), &tokenizer)?;
         let folds = self.config.experiment.folds as usize;
         if folds < 2 {
             let dir = self.paths.prepared().join(key);
@@ -412,10 +409,7 @@ impl Runner {
         std::fs::create_dir_all(&out)?;
         let mut args = vec!["--profile".into(), self.config.experiment.profile.as_str().into()];
         args.extend(["--tokenizer".into(), tokenizer.display().to_string(), "--out".into(), out.display().to_string()]);
-        args.extend(["--images".into(), layout.images.display().to_string()]);
-        for (name, file) in splits {
-            args.extend(["--split".into(), format!("{name}={}", file.display())]);
-        }
+        args.extend(crate::dataset::prepare_split_args(splits, layout));
         let torch_lib = self.pyenv.torch_lib()?.display().to_string();
         let env = vec![("PATH".into(), "/usr/bin:/bin".into()), ("LD_LIBRARY_PATH".into(), torch_lib)];
         let pdir = work.join("prepare");

@@ -24,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod dataset;
+pub mod direct;
 pub mod doctor;
 pub mod edit;
 pub mod experiment;

@@ -5,6 +5,7 @@ mod common;
 mod audit_log;
 mod configs;
 mod datasets;
+mod direct_run;
 mod docker;
 mod escape;
 mod experiment;
