@@ -26,7 +26,7 @@ peak memory and MFU (needs transformers, timm and safetensors besides torch).
 --bf16/--fp32  must match how train.rs was built (BF16_AUTOCAST, in manifest.json): train.rs autocasts to
             bf16 on CUDA only; these flags only guard against comparing different precisions
 --budget    training budget in seconds (experiment; default the profile's: tests 60, cpu/gpu 300)
---work      where data, logs, checkpoints go (default: work/ next to this script)
+--work      where data, logs, checkpoints go (default: <this folder>-work, beside it)
 --repeat    benchmark runs of each side, alternating (default 1)
 --peak-tflops  the device's peak for the MFU (default: spec sheet of a known GPU; none on CPU)
 Environment: PYTHON (default python3) is the Python whose torch is used.
@@ -35,7 +35,8 @@ EOF
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 MODE=experiment PROFILE="" DEVICE=auto DATASET="" IMAGE_TOWER="" TEXT_TOWER="" PRECISION="" BUDGET=""
-WORK="$HERE/work" REPEAT=1 PEAK=""
+# Outside the bundle, so that the bundle stays small enough to copy (the demo data alone is 71 MB).
+WORK="$HERE-work" REPEAT=1 PEAK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) MODE=bench ;;
