@@ -15,8 +15,10 @@
 //! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
+//! - [`claude`]: Claude Code itself: its binary, the tested version, the strict profile's flags.
 
 pub mod audit;
+pub mod claude;
 pub mod cli;
 pub mod commands;
 pub mod config;
