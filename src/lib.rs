@@ -16,6 +16,8 @@
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
 //! - [`claude`]: Claude Code itself: its binary, the tested version, the strict profile's flags.
+//! - [`supervisor`]: `saturday`, Claude Code left running the loop until a deadline.
+//! - [`status`]: what is running now, the best so far, the last runs.
 
 pub mod audit;
 pub mod claude;
@@ -38,6 +40,8 @@ pub mod scaffold;
 pub mod score;
 pub mod server;
 pub mod service;
+pub mod status;
+pub mod supervisor;
 pub mod synth;
 pub mod train_config;
 pub mod untrusted;

@@ -215,16 +215,23 @@ def make_handler(script: Script):
                 self.record(body, {"kind": "side"})
                 return self.send_message(body, {"text": "ok"}, model)
             turn = script.next_turn()
+            # Recorded on arrival: a delayed answer (a model still "thinking") is already visible.
+            if "error" in turn:
+                self.record(body, {"kind": "error", "status": int(turn["error"])})
+            else:
+                self.record(body, {"kind": "turn", "turn": turn})
             if turn.get("delay"):
                 time.sleep(float(turn["delay"]))
             if "error" in turn:
                 status = int(turn["error"])
                 kind, message = ERRORS.get(status, ("api_error", "scripted error"))
-                self.record(body, {"kind": "error", "status": status})
                 payload = {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
-                return self.reply(status, json.dumps(payload).encode(), extra=[("x-should-retry", "false")] if status == 401 else [])
-            self.record(body, {"kind": "turn", "turn": turn})
-            self.send_message(body, turn, model)
+                retry = [("x-should-retry", "false")] if status == 401 else []
+                return self.reply(status, json.dumps(payload).encode(), extra=retry)
+            try:
+                self.send_message(body, turn, model)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away while the answer was delayed
 
         def send_message(self, body: dict, turn: dict, model: str) -> None:
             events, stop = message_events(turn, model, script.tool_ids)
