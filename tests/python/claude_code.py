@@ -309,8 +309,18 @@ def experiment_ws_template(tmp_path_factory, server_bin: Path, dataset: Path):
     """A workspace whose trainer is compiled and whose data is prepared, for tests that run
     experiments. Every test gets a copy at the same path with the same file times: cargo's
     fingerprints of the trainer package (path and mtimes) then still match, and the harness is not
-    recompiled per test (minutes on two busy cores). Returns (path, template)."""
-    base = tmp_path_factory.mktemp("claude-experiments")
+    recompiled per test (minutes on two busy cores). Returns (path, template). Built once per test
+    session, whichever module asks first (each module that imports a fixture gets its own copy of it)."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        _TEMPLATE = _warm_template(tmp_path_factory.mktemp("claude-experiments"), server_bin, dataset)
+    return _TEMPLATE
+
+
+_TEMPLATE: tuple[Path, Path] | None = None
+
+
+def _warm_template(base: Path, server_bin: Path, dataset: Path) -> tuple[Path, Path]:
     path, template = base / "ws", base / "template"
     make_workspace(server_bin, dataset, path, "budget_seconds = 2")
     warm = subprocess.run([server_bin, "-C", path, "run", "-m", "warm-up"], capture_output=True, text=True)
