@@ -229,7 +229,8 @@ def call(tool_id: str, tool: str, /, **input) -> dict:
 
 
 def make_workspace(server_bin: Path, dataset: Path, into: Path, *experiment: str) -> Path:
-    args = [server_bin, "-C", REPO, "new-workspace", into, "--profile", "tests", "--tag", "claude", "--dataset", dataset]
+    args = [server_bin, "-C", REPO, "new-workspace", into, "--profile", "tests", "--tag", "claude"]
+    args += ["--dataset", dataset]
     for line in experiment:
         args += ["--experiment", line]
     out = subprocess.run(args, capture_output=True, text=True)
@@ -344,7 +345,8 @@ def experiment_ws(experiment_ws_template):
         shutil.copytree(template, path, symlinks=True)
         config = path / "autoresearch.toml"
         config.write_text(re.sub(r"budget_seconds = \d+", f"budget_seconds = {budget_seconds}", config.read_text()))
-        git(path, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qam", "test budget")
+        who = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
+        git(path, *who, "commit", "-qam", "test budget", "--allow-empty")
         return path
 
     yield make

@@ -8,6 +8,7 @@ it sent back, and what happened in the workspace (ledger, git, audit log, proces
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -44,6 +45,27 @@ def test_the_installed_cli_is_the_tested_version(claude_binary):
     assert out.stdout.split()[0] == TESTED_VERSION, out.stdout
 
 
+def test_doctor_compares_the_claude_code_version_and_the_mcp_timeout(claude_binary, server_bin, dataset, tmp_path):
+    ws = workspace_with(server_bin, dataset, tmp_path)
+    doctor = lambda **env: subprocess.run(  # noqa: E731
+        [server_bin, "-C", ws, "doctor"], capture_output=True, text=True, env=os.environ | env
+    ).stdout
+    out = doctor(AUTORESEARCH_CLAUDE=str(claude_binary))
+    assert re.search(rf"\[ok  \] claude code +{TESTED_VERSION} \(the tested version\)", out), out
+    assert re.search(r"\[ok  \] \.mcp\.json timeout +\d+ s per call, above a run's hard limit", out), out
+
+    fake = tmp_path / "claude"
+    fake.write_text("#!/bin/sh\necho '2.0.1 (Claude Code)'\n")
+    fake.chmod(0o755)
+    config = json.loads((ws / ".mcp.json").read_text())
+    config["mcpServers"]["autoresearch"]["timeout"] = 600_000
+    (ws / ".mcp.json").write_text(json.dumps(config))
+    out = doctor(AUTORESEARCH_CLAUDE=str(fake))
+    warn = rf"\[warn\] claude code +2\.0\.1 at {fake}, but this project was tested with {TESTED_VERSION}"
+    assert re.search(warn, out), out
+    assert "[warn] .mcp.json timeout            600 s per call, under a run's hard limit" in out, out
+
+
 def test_mcp_list_shows_the_server_connected_once_the_workspace_is_trusted(claude_for, server_bin, dataset, tmp_path):
     ws = workspace_with(server_bin, dataset, tmp_path)
     claude = claude_for([])
@@ -56,7 +78,9 @@ def test_mcp_list_shows_the_server_connected_once_the_workspace_is_trusted(claud
     assert re.search(r"autoresearch: .*autoresearch-mcp serve - .*Connected", out.stdout), out.stdout
 
 
-def test_strict_profile_offers_only_the_six_tools_and_refuses_every_other_call(claude_for, server_bin, dataset, tmp_path):
+def test_strict_profile_offers_only_the_six_tools_and_refuses_every_other_call(
+    claude_for, server_bin, dataset, tmp_path
+):
     ws = workspace_with(server_bin, dataset, tmp_path)
     marker = tmp_path / "bash-ran"
     head = git(ws, "rev-parse", "HEAD")
@@ -104,6 +128,7 @@ def test_strict_session_of_three_experiments_leaves_ledger_commits_and_audit(cla
     train = (ws / "trainer/src/train.rs").read_text()
     lr = next(ln for ln in train.splitlines() if ln.startswith("const LEARNING_RATE"))
     temp = next(ln for ln in train.splitlines() if ln.startswith("const MAX_TEMPERATURE"))
+    hot = "const MAX_TEMPERATURE: f64 = 100.0;"
     mcp = "mcp__autoresearch__"
     turns = [
         call("m0", mcp + "read_metrics"),
@@ -114,7 +139,7 @@ def test_strict_session_of_three_experiments_leaves_ledger_commits_and_audit(cla
         call("run2", mcp + "run_experiment", description="LR 3e-4 -> 1e-3"),
         call("keep2", mcp + "commit", description="LR 1e-3"),
         call("pad2", mcp + "append_scratchpad", entry="kept LR 1e-3"),
-        call("e3", mcp + "edit_train", command="str_replace", old_str=temp, new_str="const MAX_TEMPERATURE: f64 = 100.0;"),
+        call("e3", mcp + "edit_train", command="str_replace", old_str=temp, new_str=hot),
         call("run3", mcp + "run_experiment", description="temperature clamp 2 -> 100"),
         call("drop3", mcp + "revert", reason="not better"),
         call("pad3", mcp + "append_scratchpad", entry="reverted the clamp change"),

@@ -100,7 +100,8 @@ def test_relaunches_with_a_resume_prompt_after_an_early_exit(claude_for, server_
     assert "idea: warm the LR up for longer" in resume, "the scratchpad tail is in the resume prompt"
     assert "no successful run yet" in resume, resume
     assert program in resume, "the resume prompt carries program.md"
-    assert conversation[0]["headers"]["x-claude-code-session-id"] != conversation[2]["headers"]["x-claude-code-session-id"]
+    session = [r["headers"]["x-claude-code-session-id"] for r in conversation]
+    assert session[0] == session[1] != session[2], "two Claude Code sessions"
 
     files = transcripts(ws)
     assert len(files) == 2, files
@@ -162,7 +163,9 @@ def test_stops_on_an_authentication_error_and_notifies(claude_for, server_bin, w
     nothing_left(ws)
 
 
-def test_at_the_deadline_the_run_in_flight_finishes_then_everything_stops(claude_for, server_bin, experiment_ws, tmp_path):
+def test_at_the_deadline_the_run_in_flight_finishes_then_everything_stops(
+    claude_for, server_bin, experiment_ws, tmp_path
+):
     ws = experiment_ws(10)
     notes = tmp_path / "notes"
     claude = claude_for(
@@ -195,6 +198,29 @@ def test_at_the_deadline_the_run_in_flight_finishes_then_everything_stops(claude
     assert "best        r0001 ok" in text and "not running: stopped" in text and "running     no experiment" in text
 
 
+def test_stops_when_the_experiment_budget_is_spent(claude_for, server_bin, experiment_ws):
+    ws = experiment_ws(2)
+    claude = claude_for(
+        [
+            call("run", "mcp__autoresearch__run_experiment", description="baseline"),
+            {"text": "Next idea...", "delay": 60},
+        ]
+    )
+    proc = start(server_bin, claude, ws, "--for", "10m", "--max-experiments", "1")
+    try:
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ledger_runs(ws)["r0001"]["finished"]["status"] == "ok"
+    s = state(ws)
+    assert s["stop_reason"] == "experiment budget spent (1 experiments)" and s["max_experiments"] == 1, s
+    mcp = json.loads((ws / ".autoresearch/sessions/mcp.json").read_text())["mcpServers"]["autoresearch"]
+    assert mcp["args"][-2:] == ["--max-runs", "1"] and "--deadline" in mcp["args"], mcp
+    assert mcp["timeout"] >= 3_600_000
+    nothing_left(ws)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "limits, why",
@@ -223,11 +249,16 @@ async def test_the_server_refuses_new_runs_past_its_deadline_or_budget(server_bi
 
 def test_a_crashing_claude_code_is_notified_and_relaunched_after_a_back_off(server_bin, ws, tmp_path):
     fake = tmp_path / "claude"
-    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo '0.0.1 (Claude Code)'; exit 0; }\necho boom >&2\nexit 3\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        "[ \"$1\" = --version ] && { echo '0.0.1 (Claude Code)'; exit 0; }\n"
+        "echo boom >&2; exit 3\n"
+    )
     fake.chmod(0o755)
     notes = tmp_path / "notes"
     notify = f"echo \"$AUTORESEARCH_EVENT $AUTORESEARCH_MESSAGE\" >> {notes}"
-    cmd = [server_bin, "-C", ws, "saturday", "--for", "5s", "--claude", fake, "--backoff-initial", "2", "--notify", notify]
+    cmd = [server_bin, "-C", ws, "saturday", "--for", "5s", "--claude", fake, "--backoff-initial", "2"]
+    cmd += ["--notify", notify]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "warning: Claude Code 0.0.1" in out.stderr and "tested with 2.1.330" in out.stderr, out.stderr
@@ -235,4 +266,4 @@ def test_a_crashing_claude_code_is_notified_and_relaunched_after_a_back_off(serv
     assert events[0].startswith("crash session 1: Claude Code crashed: exit status: 3"), events
     assert events[-1].startswith("stop "), events
     assert 2 <= len(events) <= 4, events  # crashes 2 s, then 4 s apart, until the deadline
-    assert "boom" in (ws / ".autoresearch/sessions").joinpath(transcripts(ws)[0].name).with_suffix(".stderr.log").read_text()
+    assert "boom" in transcripts(ws)[0].with_suffix(".stderr.log").read_text(), "Claude Code's stderr is kept"

@@ -35,6 +35,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+SECRET_HEADERS = ("authorization", "x-api-key")
 ERRORS = {
     400: ("invalid_request_error", "scripted invalid request"),
     401: ("authentication_error", "invalid x-api-key"),
@@ -136,7 +137,8 @@ def message_events(turn: dict, model: str, tool_ids) -> tuple[list[tuple[str, di
         else:
             tool_id = value.get("id") or f"toolu_fake_{next(tool_ids):06d}"
             start = {"type": "tool_use", "id": tool_id, "name": value["name"], "input": {}}
-            events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}))
+            begin = {"type": "content_block_start", "index": index, "content_block": start}
+            events.append(("content_block_start", begin))
             raw = json.dumps(value.get("input", {}))
             # Two fragments, as the real API splits its input JSON.
             for part in (raw[: len(raw) // 2], raw[len(raw) // 2 :]):
@@ -147,7 +149,11 @@ def message_events(turn: dict, model: str, tool_ids) -> tuple[list[tuple[str, di
     events.append(
         (
             "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 20}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": 20},
+            },
         )
     )
     events.append(("message_stop", {"type": "message_stop"}))
@@ -180,7 +186,7 @@ def make_handler(script: Script):
                 {
                     "method": self.command,
                     "path": self.path,
-                    "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "x-api-key")},
+                    "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() not in SECRET_HEADERS},
                     "has_api_key": bool(self.headers.get("x-api-key") or self.headers.get("authorization")),
                     "body": body,
                     "answer": answer,
