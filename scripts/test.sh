@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, the server's unit and integration tests (real MCP
 # client, real git, real sandbox, real libtorch trainer on CPU), the trainer's own tests, the Python
-# MCP client tests, and the benchmarks (cheap-tool latency, audit on a 100k-line log: they print
-# figures and assert nothing). Installs Debian's chromium if missing (the report test renders in it).
+# MCP client tests, the tests through the real Claude Code CLI against a scripted model API (offline),
+# and the benchmarks (cheap-tool latency, audit on a 100k-line log: they print figures and assert
+# nothing). Installs Debian's chromium if missing (the report test renders in it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -34,7 +35,7 @@ fi
 say "server tests (unit + integration through rmcp's client)"
 cargo test --locked
 
-say "Python MCP client tests"
+say "Python tests: the MCP client; Claude Code itself (the pinned CLI, scripted model); the saturday supervisor"
 cargo build --locked
 AUTORESEARCH_BIN="$PWD/target/debug/autoresearch-mcp" "$ENV/bin/python" -m pytest -q tests/python
 

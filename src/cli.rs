@@ -1,5 +1,5 @@
-//! Command-line interface: `init`, `serve`, `run`, `audit`, `report`, `export`, `synth`, and the hidden
-//! `sandbox-exec` that the local sandbox re-executes.
+//! Command-line interface: `init`, `serve`, `run`, `audit`, `report`, `export`, `synth`, `saturday`,
+//! `status`, `unsandboxed-experiment`, and the hidden `sandbox-exec` that the local sandbox re-executes.
 
 use std::path::PathBuf;
 
@@ -27,7 +27,14 @@ pub enum Command {
         tag: String,
     },
     /// Serve the six tools over stdio (what .mcp.json starts).
-    Serve,
+    Serve {
+        /// Refuse new runs from this time on (RFC 3339); `saturday` sets it.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Refuse new runs once the ledger holds this many runs; `saturday` sets it.
+        #[arg(long)]
+        max_runs: Option<usize>,
+    },
     /// Run one experiment from the shell, through the same code path as the tool.
     Run {
         #[arg(long, short = 'm')]
@@ -110,6 +117,39 @@ pub enum Command {
     /// the trainer binaries run as plain child processes (no namespaces, no cgroups, no Landlock: train.rs
     /// gets your rights, files and network). Never reachable from the MCP tools. See docs/gpu.md.
     UnsandboxedExperiment(crate::direct::DirectArgs),
+    /// Leave Claude Code running the loop, unattended, until a deadline: headless, strict profile
+    /// (only the six tools), relaunched with a resume prompt whenever it stops early.
+    Saturday {
+        /// Stop at TIME: RFC 3339, or HH:MM (the next such local time).
+        #[arg(long, conflicts_with = "for_", required_unless_present = "for_")]
+        until: Option<String>,
+        /// Stop after DURATION (e.g. 8h, 90m, 1h30m).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// Stop after this many experiments (the server refuses more).
+        #[arg(long)]
+        max_experiments: Option<usize>,
+        /// Turn limit of each Claude Code session (`claude --max-turns`); a session that reaches it is relaunched.
+        #[arg(long)]
+        max_turns: Option<u32>,
+        /// Run `sh -c CMD` on stop, crash and new best (AUTORESEARCH_EVENT, AUTORESEARCH_MESSAGE, ... in its environment).
+        #[arg(long, value_name = "CMD")]
+        notify: Option<String>,
+        /// The Claude Code binary (default: $AUTORESEARCH_CLAUDE, the one in the project's Python environment, `claude` on PATH).
+        #[arg(long, value_name = "PATH")]
+        claude: Option<PathBuf>,
+        /// Seconds to wait after the first API error or quick exit; doubles on each further one.
+        #[arg(long, default_value_t = 30)]
+        backoff_initial: u64,
+        /// Longest wait between sessions, seconds.
+        #[arg(long, default_value_t = 900)]
+        backoff_max: u64,
+        /// Seconds Claude Code and the server get after SIGINT before SIGKILL.
+        #[arg(long, default_value_t = 30)]
+        grace: u64,
+    },
+    /// What is running now (supervisor, Claude Code, server, the run in flight), the best result and the last runs.
+    Status,
     #[command(hide = true)]
     SandboxExec { spec: String },
 }

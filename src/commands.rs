@@ -22,7 +22,41 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let paths = Paths::new(&root);
     match cli.command {
         Command::Init { tag } => init(&paths, &tag),
-        Command::Serve => serve(&paths).await,
+        Command::Serve { deadline, max_runs } => {
+            let deadline = deadline
+                .map(|d| chrono::DateTime::parse_from_rfc3339(&d).map(|t| t.with_timezone(&chrono::Utc)))
+                .transpose()
+                .context("--deadline must be RFC 3339")?;
+            serve(&paths, crate::supervisor::RunLimits { deadline, max_runs }).await
+        }
+        Command::Saturday {
+            until,
+            for_,
+            max_experiments,
+            max_turns,
+            notify,
+            claude,
+            backoff_initial,
+            backoff_max,
+            grace,
+        } => {
+            let deadline = crate::supervisor::parse_deadline(until.as_deref(), for_.as_deref(), chrono::Local::now())?;
+            let opts = crate::supervisor::Options {
+                deadline,
+                max_experiments,
+                max_turns,
+                notify,
+                claude,
+                backoff_initial: Duration::from_secs(backoff_initial),
+                backoff_max: Duration::from_secs(backoff_max),
+                grace: Duration::from_secs(grace),
+            };
+            crate::supervisor::saturday(&paths, opts).await
+        }
+        Command::Status => {
+            print!("{}", crate::status::render(&paths)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { description, seeds } => run_once(&paths, RunExperimentArgs { description, seeds }).await,
         Command::Audit { action, tool, outcome, since, until } => {
             audit_cmd(&paths, action.unwrap_or(AuditAction::List), (tool, outcome, since, until))
@@ -150,8 +184,8 @@ fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(paths: &Paths) -> Result<ExitCode> {
-    let svc = Arc::new(Service::open(&paths.root, None)?);
+async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<ExitCode> {
+    let svc = Arc::new(Service::open(&paths.root, None)?.with_limits(limits));
     tracing::info!(workspace = %paths.root.display(), "serving the six tools over stdio");
     let server = AutoresearchServer::new(svc.clone())
         .serve(rmcp::transport::stdio())
@@ -176,7 +210,7 @@ async fn serve(paths: &Paths) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut int, mut term, mut hup) =
         match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {

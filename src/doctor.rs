@@ -103,6 +103,7 @@ pub async fn run(root: &Path) -> Vec<Check> {
     .await
     .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
     out.push(check("docker backend", docker, Level::Warn));
+    out.extend(claude_checks(root, config.as_ref().ok()));
     out.push(Check {
         name: "gpu",
         level: if Path::new("/dev/nvidia0").exists() { Level::Ok } else { Level::Warn },
@@ -112,6 +113,54 @@ pub async fn run(root: &Path) -> Vec<Check> {
             "no NVIDIA device: experiments run on CPU (profile cpu or tests)".into()
         },
     });
+    out
+}
+
+/// The installed Claude Code against the tested version, and `.mcp.json`'s per-call timeout against
+/// a run's hard limit.
+fn claude_checks(root: &Path, config: Option<&Config>) -> Vec<Check> {
+    let mut out = vec![];
+    let version = crate::claude::locate(None, root).and_then(|bin| crate::claude::version(&bin).map(|v| (bin, v)));
+    out.push(match version {
+        Ok((bin, v)) if v == crate::claude::TESTED_VERSION => {
+            Check { name: "claude code", level: Level::Ok, detail: format!("{v} (the tested version) at {}", bin.display()) }
+        }
+        Ok((bin, v)) => Check {
+            name: "claude code",
+            level: Level::Warn,
+            detail: format!(
+                "{v} at {}, but this project was tested with {} ({}): check the tool surface with the Claude Code tests",
+                bin.display(),
+                crate::claude::TESTED_VERSION,
+                crate::claude::TESTED_WHEEL
+            ),
+        },
+        Err(e) => Check { name: "claude code", level: Level::Warn, detail: format!("{e:#}") },
+    });
+    let mcp = root.join(".mcp.json");
+    if let (Some(config), Ok(text)) = (config, std::fs::read_to_string(&mcp)) {
+        let timeout = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["mcpServers"][crate::claude::SERVER_NAME]["timeout"].as_u64());
+        let limit = crate::claude::run_hard_limit(config).as_millis() as u64;
+        out.push(match timeout {
+            Some(t) if t > limit => Check {
+                name: ".mcp.json timeout",
+                level: Level::Ok,
+                detail: format!("{} s per call, above a run's hard limit of {} s", t / 1000, limit / 1000),
+            },
+            t => Check {
+                name: ".mcp.json timeout",
+                level: Level::Warn,
+                detail: format!(
+                    "{}: Claude Code would abort a long run_experiment; set mcpServers.autoresearch.timeout to {} (ms)",
+                    t.map(|t| format!("{} s per call, under a run's hard limit of {} s", t / 1000, limit / 1000))
+                        .unwrap_or("no per-server timeout".into()),
+                    crate::claude::call_timeout_ms(config)
+                ),
+            },
+        });
+    }
     out
 }
 

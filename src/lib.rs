@@ -17,8 +17,12 @@
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
 //! - [`test_split`]: `report --test`, the baseline and kept runs scored on the never-mounted test split.
 //! - [`export`]: the best kept model and the baseline as safetensors with a model card.
+//! - [`claude`]: Claude Code itself: its binary, the tested version, the strict profile's flags.
+//! - [`supervisor`]: `saturday`, Claude Code left running the loop until a deadline.
+//! - [`status`]: what is running now, the best so far, the last runs.
 
 pub mod audit;
+pub mod claude;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -40,6 +44,8 @@ pub mod scaffold;
 pub mod score;
 pub mod server;
 pub mod service;
+pub mod status;
+pub mod supervisor;
 pub mod synth;
 pub mod test_split;
 pub mod train_config;

@@ -58,12 +58,10 @@ impl Scaffold<'_> {
                 repo.join("trainer/target").display().to_string()
             ),
         )?;
-        let mcp = serde_json::json!({"mcpServers": {"autoresearch": {
-            "type": "stdio",
-            "command": self.server_bin.display().to_string(),
-            "args": ["serve"],
-            "timeout": 3_600_000
-        }}});
+        // The per-call limit Claude Code applies must exceed a run's own hard limit.
+        let config = crate::config::Config::load(&root.join("autoresearch.toml"))?;
+        let mcp =
+            crate::claude::mcp_config(&self.server_bin, &["serve".into()], crate::claude::call_timeout_ms(&config));
         std::fs::write(root.join(".mcp.json"), serde_json::to_string_pretty(&mcp)?)?;
         let git = git2::Repository::init(&root)?;
         let mut idx = git.index()?;

@@ -73,7 +73,14 @@ impl AutoresearchServer {
         if let Some(t) = ticker {
             t.abort();
         }
-        to_result(reply)
+        // Claude Code (2.1.330) hands the model a result's structuredContent in place of its text when
+        // both are present: the report (delta, next step, a failure's fenced log tail) goes in it too.
+        let report = reply.text.clone();
+        let mut res = to_result(reply);
+        if let Some(serde_json::Value::Object(row)) = res.structured_content.as_mut() {
+            row.insert("report".into(), report.into());
+        }
+        res
     }
 
     /// The results ledger: every run (id, train.rs hash, status, metrics, duration, description),

@@ -27,6 +27,7 @@ use crate::pyenv::PyEnv;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
 use crate::score::Metrics;
+use crate::supervisor::RunLimits;
 use crate::workspace::{Workspace, WorkspaceState};
 
 /// Longest description accepted for a run or commit.
@@ -233,6 +234,8 @@ pub struct Service {
     in_flight: Mutex<Option<String>>,
     /// Cancelled when the server shuts down: a run in flight stops and is recorded as cancelled.
     pub shutdown: CancellationToken,
+    /// The deadline and experiment budget a supervisor set (`serve --deadline --max-runs`).
+    limits: RunLimits,
     _lock: File,
 }
 
@@ -297,8 +300,15 @@ impl Service {
             sandbox,
             in_flight: Mutex::new(None),
             shutdown: CancellationToken::new(),
+            limits: RunLimits::default(),
             _lock: lock,
         })
+    }
+
+    /// No new run past `limits`' deadline or once the ledger holds its number of runs.
+    pub fn with_limits(mut self, limits: RunLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn instructions(&self) -> String {
@@ -467,6 +477,10 @@ impl Service {
         let n_seeds = args.seeds.unwrap_or(1);
         if !(1..=MAX_SEEDS).contains(&n_seeds) {
             return Reply::refused(format!("refused: seeds = {n_seeds}: use 1 to {MAX_SEEDS}"));
+        }
+        let runs = self.ledger.lock().unwrap().runs().len();
+        if let Some(why) = self.limits.refusal(runs, Utc::now()) {
+            return Reply::refused(why);
         }
         // Claim the single run slot before anything else.
         let cancel = CancellationToken::new();
