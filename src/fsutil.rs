@@ -89,3 +89,26 @@ pub fn one_line(s: &str, max: usize) -> std::result::Result<String, String> {
     }
     Ok(t.to_string())
 }
+
+/// Takes an exclusive advisory lock on `path` (created if missing) and writes `who` into it, so that a
+/// refused contender can say who holds it. `Err(holder)` when another process holds the lock: the
+/// holder's `who` line. The lock lasts as long as the returned file is open.
+pub fn lock_exclusive(path: &Path, who: &str) -> Result<std::result::Result<File, String>> {
+    use fs2::FileExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    if f.try_lock_exclusive().is_err() {
+        return Ok(Err(std::fs::read_to_string(path).unwrap_or_default().trim().to_string()));
+    }
+    f.set_len(0)?;
+    writeln!(f, "{who}")?;
+    Ok(Ok(f))
+}

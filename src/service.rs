@@ -928,27 +928,14 @@ impl Drop for SlotGuard<'_> {
 }
 
 fn take_lock(paths: &Paths) -> Result<File> {
-    use fs2::FileExt;
-    std::fs::create_dir_all(paths.state())?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(paths.lock())
-        .with_context(|| format!("open {}", paths.lock().display()))?;
-    if f.try_lock_exclusive().is_err() {
-        let holder = std::fs::read_to_string(paths.lock()).unwrap_or_default();
-        bail!(
-            "another autoresearch-mcp server is already serving {} (lock {}, {}); one server per workspace",
+    match crate::fsutil::lock_exclusive(&paths.lock(), &format!("pid {}", std::process::id()))? {
+        Ok(f) => Ok(f),
+        Err(holder) => bail!(
+            "another autoresearch-mcp server is already serving {} (lock {}, {holder}); one server per workspace",
             paths.root.display(),
             paths.lock().display(),
-            holder.trim()
-        );
+        ),
     }
-    f.set_len(0)?;
-    writeln!(f, "pid {}", std::process::id())?;
-    Ok(f)
 }
 
 fn first_line(s: &str) -> String {

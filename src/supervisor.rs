@@ -707,27 +707,13 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
 }
 
 fn take_lock(paths: &Paths) -> Result<File> {
-    use fs2::FileExt;
-    std::fs::create_dir_all(paths.state())?;
-    let p = lock_path(paths);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("open {}", p.display()))?;
-    if f.try_lock_exclusive().is_err() {
-        let holder = std::fs::read_to_string(&p).unwrap_or_default();
-        bail!(
-            "another supervisor ({}) is already running on {}; one supervisor per workspace",
-            holder.trim(),
+    match crate::fsutil::lock_exclusive(&lock_path(paths), &format!("pid {}", std::process::id()))? {
+        Ok(f) => Ok(f),
+        Err(holder) => bail!(
+            "another supervisor ({holder}) is already running on {}; one supervisor per workspace",
             paths.root.display()
-        );
+        ),
     }
-    f.set_len(0)?;
-    writeln!(f, "pid {}", std::process::id())?;
-    Ok(f)
 }
 
 fn signal_pid(pid: u32, sig: nix::sys::signal::Signal) {

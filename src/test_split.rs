@@ -13,7 +13,6 @@
 //! data, embeddings invalid) is listed with the reason. Cross-validated runs are scored with their first
 //! fold's checkpoint, and the table says so.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -196,27 +195,14 @@ pub fn ensure_test_split(prepared: &Prepared) -> Result<TestSplit> {
 /// Holds the workspace's one-server lock: test scoring would compete with a server's runs for the
 /// machine (and skew their wall-clock budget), so it waits for the loop to be over.
 fn lock_workspace(paths: &Paths) -> Result<std::fs::File> {
-    use fs2::FileExt;
-    std::fs::create_dir_all(paths.state())?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(paths.lock())
-        .with_context(|| format!("open {}", paths.lock().display()))?;
-    if f.try_lock_exclusive().is_err() {
-        let holder = std::fs::read_to_string(paths.lock()).unwrap_or_default();
-        bail!(
-            "a server is serving {} ({}): stop it before `report --test`, whose embedding jobs would compete \
+    match crate::fsutil::lock_exclusive(&paths.lock(), &format!("pid {} (report --test)", std::process::id()))? {
+        Ok(f) => Ok(f),
+        Err(holder) => bail!(
+            "a server is serving {} ({holder}): stop it before `report --test`, whose embedding jobs would compete \
              with its experiments",
             paths.root.display(),
-            holder.trim()
-        );
+        ),
     }
-    f.set_len(0)?;
-    writeln!(f, "pid {} (report --test)", std::process::id())?;
-    Ok(f)
 }
 
 /// The sandbox backend the configuration names, as `serve` makes it.
