@@ -1,5 +1,7 @@
 //! Integration tests: the real server binary, driven through a real MCP client over stdio.
 
+#[path = "../support/audit_log_fixture.rs"]
+mod audit_log_fixture;
 mod common;
 
 mod audit_log;
