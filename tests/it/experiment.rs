@@ -32,6 +32,7 @@ async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
     let (mean, random) = (m["mean_rank"].as_f64().unwrap(), m["random_mean_rank"].as_f64().unwrap());
     assert!(mean < 0.6 * random, "trained mean rank {mean} is not far below random {random}");
     assert!(counter.0.load(std::sync::atomic::Ordering::SeqCst) >= 3, "progress notifications were sent");
+    assert!(text(&r).contains("steps/s over the train phase"), "throughput is reported: {}", text(&r));
 
     // A second run of the same train.rs is allowed, flagged, and (with the trainer built) fast.
     let t = Instant::now();

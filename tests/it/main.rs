@@ -16,3 +16,4 @@ mod noise;
 mod refusals;
 mod report;
 mod tools;
+mod towers;
