@@ -336,15 +336,23 @@ def _warm_template(base: Path, server_bin: Path, dataset: Path) -> tuple[Path, P
 
 @pytest.fixture
 def experiment_ws(experiment_ws_template):
-    """`experiment_ws(budget_seconds)`: a fresh copy of the warm workspace (empty ledger and audit
-    log, baseline train.rs) with that training budget committed on its branch."""
+    """`experiment_ws(budget_seconds, max_steps=None)`: a fresh copy of the warm workspace (empty
+    ledger and audit log, baseline train.rs) with that training budget (and step cap) committed on
+    its branch."""
     path, template = experiment_ws_template
 
-    def make(budget_seconds: int) -> Path:
+    def make(budget_seconds: int, max_steps: int | None = None) -> Path:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(template, path, symlinks=True)
         config = path / "autoresearch.toml"
         config.write_text(re.sub(r"budget_seconds = \d+", f"budget_seconds = {budget_seconds}", config.read_text()))
+        if max_steps is not None:
+            # A fast machine finishes the baseline's steps before a long budget runs out; a test that
+            # needs the run to last the budget raises the step cap (one small incremental rebuild).
+            train = path / "trainer" / "src" / "train.rs"
+            text, n = re.subn(r"const MAX_STEPS: u64 = \d+;", f"const MAX_STEPS: u64 = {max_steps};", train.read_text())
+            assert n == 1, "train.rs has no MAX_STEPS constant"
+            train.write_text(text)
         who = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
         git(path, *who, "commit", "-qam", "test budget", "--allow-empty")
         return path

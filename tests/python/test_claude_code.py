@@ -206,7 +206,7 @@ def test_a_run_longer_than_the_idle_timeout_completes_through_progress(claude_fo
     """Claude Code aborts a tool call that sent no response or progress for its idle timeout (checked
     every 30 s); the server's progress notifications (every 10 s) reset it. With the idle timeout at
     12 s, a run of ~40 s (past the 30 s check) completes."""
-    ws = experiment_ws(35)
+    ws = experiment_ws(35, max_steps=1_000_000)
     # No per-server timeout here: Claude Code would raise the idle timeout to it (it takes the larger).
     config = json.loads((ws / ".mcp.json").read_text())
     del config["mcpServers"]["autoresearch"]["timeout"]
