@@ -2,8 +2,8 @@
 # The whole test suite: formatting and lints, the server's unit and integration tests (real MCP
 # client, real git, real sandbox, real libtorch trainer on CPU), the trainer's own tests, the Python
 # MCP client tests, the tests through the real Claude Code CLI against a scripted model API (offline),
-# and the benchmarks (cheap-tool latency, audit on a 100k-line log: they print figures and assert
-# nothing). Installs Debian's chromium if missing (the report test renders in it).
+# and the benchmarks (cheap-tool latency, audit on a 100k-line log, experiment overhead: they print
+# figures and assert nothing). Installs Debian's chromium if missing (the report test renders in it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -44,3 +44,6 @@ cargo bench --locked --bench cheap_tools
 
 say "benchmark: audit list/summary/verify on a 100k-line log"
 cargo bench --locked --bench audit_scale
+
+say "benchmark: experiment overhead after a one-line train.rs edit (tests profile)"
+cargo bench --locked --bench experiment_overhead

@@ -540,10 +540,20 @@ impl Runner {
         let env = self.run_env("train", &data.train_file(), &out, seed)?;
         let mut job = self.job("train", trainer.clone(), vec![], env, &out, (limit, 4 << 30));
         job.read_only = read_only;
+        let spawned = unix_now();
         let train = self.sandbox.run(&job, cancel).await?;
         add(&mut o.phases.train, train.wall.as_secs_f64());
         o.overran |= train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
         o.reported = read_reported(&out.join("train_summary.json"));
+        if let Some(split) = TrainSplit::read(&out.join("train_summary.json"), spawned, train.wall.as_secs_f64()) {
+            add(&mut o.phases.train_startup, split.startup);
+            add(&mut o.phases.train_loop, split.r#loop);
+            add(&mut o.phases.train_exit, split.exit);
+            add(&mut o.phases.sandbox_start, split.sandbox_start);
+            if let Some(d) = split.data_load {
+                add(&mut o.phases.data_load, d);
+            }
+        }
         if let Some(stop) = stopped(&train, RunStatus::Crashed) {
             o.status = stop;
             o.message = Some(match train.end {
@@ -650,6 +660,52 @@ fn stopped(r: &JobOutcome, failed: RunStatus) -> Option<RunStatus> {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The train phase's wall time split at the landmarks of the harness's timeline (train_summary.json,
+/// `eclip_harness::timeline`), with the server's clock at both ends: spawn to first step, the loop,
+/// and the rest. Written by the trainer, so clamped into the server-measured wall time.
+#[derive(Debug, Clone, PartialEq)]
+struct TrainSplit {
+    startup: f64,
+    sandbox_start: f64,
+    data_load: Option<f64>,
+    r#loop: f64,
+    exit: f64,
+}
+
+impl TrainSplit {
+    fn read(summary: &Path, spawned_unix: f64, wall: f64) -> Option<TrainSplit> {
+        let bytes = read_capped(summary, 64 * 1024).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let t = v.get("timeline")?;
+        let num = |k: &str| t.get(k).and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0);
+        Self::from_marks(
+            num("started_unix")? - spawned_unix,
+            num("data_loaded_s"),
+            num("first_step_s")?,
+            num("loop_end_s")?,
+            wall,
+        )
+    }
+
+    /// `started` is the process's harness start relative to the spawn; the marks are relative to it.
+    fn from_marks(started: f64, data: Option<f64>, first: f64, end: f64, wall: f64) -> Option<TrainSplit> {
+        let clamp = |x: f64| x.clamp(0.0, wall);
+        let startup = clamp(started.max(0.0) + first);
+        let r#loop = clamp(end - first).min(wall - startup);
+        (end >= first).then(|| TrainSplit {
+            startup,
+            sandbox_start: started.clamp(0.0, startup),
+            data_load: data.map(|d| d.min(first)),
+            r#loop,
+            exit: (wall - startup - r#loop).max(0.0),
+        })
+    }
+}
+
 /// The trainer's own summary; anything unreadable is simply not reported.
 fn read_reported(path: &Path) -> Reported {
     let Ok(bytes) = read_capped(path, 64 * 1024) else { return Reported::default() };
@@ -662,5 +718,36 @@ fn read_reported(path: &Path) -> Reported {
             .get("device")
             .and_then(|x| x.as_str())
             .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ':').take(16).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_split_adds_up_to_the_wall_time_and_clamps_what_the_trainer_wrote() {
+        // Harness up 0.5 s after the spawn, data at 1 s, first step at 2 s, loop end at 12 s; exit at 13 s.
+        let s = TrainSplit::from_marks(0.5, Some(1.0), 2.0, 12.0, 13.0).unwrap();
+        assert_eq!((s.startup, s.sandbox_start, s.data_load, s.r#loop), (2.5, 0.5, Some(1.0), 10.0));
+        assert!((s.exit - 0.5).abs() < 1e-9);
+        // A clock skew or a lying trainer cannot make a part negative or longer than the phase.
+        let s = TrainSplit::from_marks(-3.0, Some(50.0), 2.0, 500.0, 13.0).unwrap();
+        assert_eq!((s.startup, s.sandbox_start, s.data_load, s.r#loop, s.exit), (2.0, 0.0, Some(2.0), 11.0, 0.0));
+        assert_eq!(TrainSplit::from_marks(0.1, None, 5.0, 4.0, 13.0), None, "loop end before first step");
+    }
+
+    #[test]
+    fn train_split_reads_the_summary_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_summary.json");
+        let t0 = 1_700_000_000.0;
+        let json = serde_json::json!({"steps": 3, "timeline": {"started_unix": t0 + 0.25, "data_loaded_s": 0.5,
+            "first_step_s": 1.0, "loop_end_s": 4.0}});
+        std::fs::write(&path, json.to_string()).unwrap();
+        let s = TrainSplit::read(&path, t0, 5.0).unwrap();
+        assert_eq!((s.startup, s.data_load, s.r#loop, s.exit), (1.25, Some(0.5), 3.0, 0.75));
+        std::fs::write(&path, r#"{"steps": 3}"#).unwrap();
+        assert_eq!(TrainSplit::read(&path, t0, 5.0), None, "an older trainer without a timeline");
     }
 }

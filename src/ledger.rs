@@ -61,7 +61,7 @@ pub enum RunStatus {
     Abandoned,
 }
 
-/// Timings measured by the server (trusted), in seconds.
+/// Timings measured by the server (trusted), in seconds; phases that ran per seed or fold add up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct PhaseTimes {
     pub prepare: Option<f64>,
@@ -70,7 +70,47 @@ pub struct PhaseTimes {
     pub embed_images: Option<f64>,
     pub embed_texts: Option<f64>,
     pub score: Option<f64>,
+    /// The experiment, build to last score (not `setup`).
     pub total: f64,
+    /// Before the experiment: disk and sandbox checks, snapshot, data cache check, fingerprint, ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<f64>,
+    /// `train` split at the landmarks the trainer's harness reported (its timeline; the server's clock
+    /// at both ends): spawn to the first step (sandbox start, process start, data load, model build)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_startup: Option<f64>,
+    /// ...of which the sandbox's set-up and the process's start until the harness runs (libtorch
+    /// loaded)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_start: Option<f64>,
+    /// ...and loading the prepared data...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_load: Option<f64>,
+    /// ...first step to the end of the last (the training itself)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loop: Option<f64>,
+    /// ...and the rest: checkpoint and summary written, process exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_exit: Option<f64>,
+}
+
+impl PhaseTimes {
+    /// Seconds of the run that were not the training loop (setup included), where the loop is known.
+    pub fn overhead(&self) -> Option<f64> {
+        self.train_loop.map(|l| (self.total + self.setup.unwrap_or(0.0) - l).max(0.0))
+    }
+
+    /// Time spent before training steps: setup, build, trainer start-up (when known; start-ups of
+    /// several seeds or folds add up).
+    pub fn to_first_step(&self) -> Option<f64> {
+        Some(self.setup.unwrap_or(0.0) + self.build.unwrap_or(0.0) + self.train_startup?)
+    }
+
+    /// Time spent after training steps: trainer exit, embeds, score (when known; added up likewise).
+    pub fn after_last_step(&self) -> Option<f64> {
+        let exit = self.train_exit?;
+        Some(exit + self.embed_images.unwrap_or(0.0) + self.embed_texts.unwrap_or(0.0) + self.score.unwrap_or(0.0))
+    }
 }
 
 /// What the trainer said about itself: shown as reported, never trusted.
@@ -102,7 +142,8 @@ pub enum Event {
         status: RunStatus,
         metrics: Option<Metrics>,
         reported: Reported,
-        phases: PhaseTimes,
+        /// Boxed: the largest field, which would size every event.
+        phases: Box<PhaseTimes>,
         /// Training ran past its budget (killed or not): never committable.
         overran: bool,
         message: Option<String>,
@@ -239,7 +280,7 @@ impl Ledger {
                         r.status = *status;
                         r.metrics = metrics.clone();
                         r.reported = reported.clone();
-                        r.phases = phases.clone();
+                        r.phases = (**phases).clone();
                         r.overran = *overran;
                         r.message = message.clone();
                     }

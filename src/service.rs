@@ -264,7 +264,7 @@ impl Service {
                 status: RunStatus::Abandoned,
                 metrics: None,
                 reported: Default::default(),
-                phases: Default::default(),
+                phases: Box::default(),
                 overran: false,
                 message: Some("the server stopped during this run".into()),
                 audit: audit.head(),
@@ -516,6 +516,7 @@ impl Service {
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
     ) -> Reply {
+        let setup_started = Instant::now();
         match free_bytes(&self.paths.root) {
             Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
                 return Reply::refused(format!(
@@ -592,7 +593,9 @@ impl Service {
         }
 
         let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
-        let outcome = runner.experiment(&run_dir, &data, &seeds, cancel, phase).await;
+        let setup = setup_started.elapsed().as_secs_f64();
+        let mut outcome = runner.experiment(&run_dir, &data, &seeds, cancel, phase).await;
+        outcome.phases.setup = Some(setup);
 
         if let Some(m) = &outcome.metrics {
             let _ = write_atomic(
@@ -606,7 +609,7 @@ impl Service {
             status: outcome.status,
             metrics: outcome.metrics.clone(),
             reported: outcome.reported.clone(),
-            phases: outcome.phases.clone(),
+            phases: Box::new(outcome.phases.clone()),
             overran: outcome.overran,
             message: outcome.message.as_deref().map(first_line),
             audit: self.audit.head(),
@@ -998,6 +1001,13 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
         "server-measured: build {}, train {}, embed {} + {}, score {}, total {:.1}s; fingerprint {} ({} profile, {}, budget {} s)\n",
         f(p.build), f(p.train), f(p.embed_images), f(p.embed_texts), f(p.score), p.total, fp.short(), fp.profile, fp.device, fp.budget_seconds
     ));
+    if let (Some(overhead), Some(before), Some(after)) = (p.overhead(), p.to_first_step(), p.after_last_step()) {
+        t.push_str(&format!(
+            "not training: {overhead:.1}s of {:.1}s: {before:.1}s before the first step (setup {}, build {}, trainer start-up {}: sandbox and process {}, data load {}), {after:.1}s after the last (checkpoint and exit {}, embed, score)\n",
+            p.total + p.setup.unwrap_or(0.0),
+            f(p.setup), f(p.build), f(p.train_startup), f(p.sandbox_start), f(p.data_load), f(p.train_exit)
+        ));
+    }
     // Throughput from the reported step count over the server's own clock (process start to exit).
     if let (Some(steps), Some(secs)) = (o.reported.steps, p.train)
         && secs > 0.0

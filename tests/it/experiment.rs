@@ -33,6 +33,13 @@ async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
     assert!(mean < 0.6 * random, "trained mean rank {mean} is not far below random {random}");
     assert!(counter.0.load(std::sync::atomic::Ordering::SeqCst) >= 3, "progress notifications were sent");
     assert!(text(&r).contains("steps/s over the train phase"), "throughput is reported: {}", text(&r));
+    // The overhead split: the train phase's parts add up to it, and the reply says what was not training.
+    let p = &s["phases"];
+    let part = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("phases.{k} missing: {p}"));
+    let (startup, lp, exit, train) = (part("train_startup"), part("train_loop"), part("train_exit"), part("train"));
+    assert!((startup + lp + exit - train).abs() < 1e-6, "{p}");
+    assert!(lp > 0.5 * train && part("sandbox_start") <= startup && part("data_load") <= startup, "{p}");
+    assert!(part("setup") >= 0.0 && text(&r).contains("not training: "), "{}", text(&r));
 
     // A second run of the same train.rs is allowed, flagged, and (with the trainer built) fast.
     let t = Instant::now();

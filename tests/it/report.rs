@@ -140,7 +140,12 @@ fn build_fixture(ws: &Ws) -> Vec<Spec> {
                     status: s.status,
                     metrics: s.mean_rank.map(metrics),
                     reported: Reported { steps: Some(400), final_loss: Some(1.25), ..Default::default() },
-                    phases: PhaseTimes { build: Some(1.0), train: Some(55.0), total: 70.0, ..Default::default() },
+                    phases: Box::new(PhaseTimes {
+                        build: Some(1.0),
+                        train: Some(55.0),
+                        total: 70.0,
+                        ..Default::default()
+                    }),
                     overran: s.status == RunStatus::Timeout,
                     message: (s.status != RunStatus::Ok).then(|| format!("{:?}", s.status)),
                     audit: head(),

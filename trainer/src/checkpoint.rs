@@ -13,6 +13,7 @@ pub const VOCAB_SIZE_KEY: &str = "harness.vocab_size";
 
 /// Writes `AR_OUT/checkpoint.safetensors` (f32 or whatever kind the variables have, on the CPU).
 pub fn save(ctx: &Context, vs: &VarStore, vocab_size: i64) -> Result<()> {
+    crate::timeline::loop_end();
     let path = ctx.out.join(CHECKPOINT_FILE);
     let mut named: Vec<(String, Tensor)> = vs
         .variables()

@@ -134,6 +134,7 @@ impl Context {
             }
         }
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        crate::timeline::start();
         let start = Instant::now();
         let budget = Duration::from_secs_f64(budget_s);
         let ctx = Context {
@@ -168,11 +169,13 @@ impl Context {
 
     /// Time until the budget is spent (zero once it is).
     pub fn time_left(&self) -> Duration {
+        crate::timeline::first_step();
         self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// Whether the budget is spent.
     pub fn time_is_up(&self) -> bool {
+        crate::timeline::first_step();
         Instant::now() >= self.deadline
     }
 

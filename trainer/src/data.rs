@@ -191,7 +191,7 @@ impl TrainData {
             bail!("the prepared split has no regions (the expert batches need them)");
         }
         let d = |t: Tensor| t.to_device(device);
-        Ok(TrainData {
+        let data = TrainData {
             images: d(images),
             caption_ids: d(caption_ids),
             caption_mask: d(caption_mask),
@@ -208,7 +208,9 @@ impl TrainData {
             snippet_count: d(snippet_count),
             expert_rows: d(expert_rows),
             device,
-        })
+        };
+        crate::timeline::data_loaded();
+        Ok(data)
     }
 
     /// Number of images (= captions).

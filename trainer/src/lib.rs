@@ -18,9 +18,11 @@
 //! - [`towers`]: the timm ViT and Hugging Face BERT/DistilBERT towers, pretrained loading, WiSE-FT.
 //! - [`layers`]: linear/conv/norm builders with PyTorch's and timm's inits, attention head reshapes.
 //! - [`weights`]: safetensors reading and loading with errors that name tensors.
+//! - [`optim`]: AdamW over one flat buffer (a few kernels a step, not ~10 per variable).
 //! - [`precision`]: bf16 autocast on CUDA.
 //! - [`step_check`]: the `step-check` phase's fixed batch and gradient dump (parity with PyTorch).
-//! - [`summary`]: `train_summary.json` (steps, final loss, peak memory, device, seconds).
+//! - [`summary`]: `train_summary.json` (steps, final loss, peak memory, device, seconds, timeline).
+//! - [`timeline`]: when the train phase loaded its data, began its first step and ended its loop.
 //! - [`safetensors_header`]: reading single small tensors without loading a whole file.
 
 pub mod checkpoint;
@@ -30,12 +32,14 @@ pub mod embed;
 pub mod heatmap;
 pub mod layers;
 pub mod odvg;
+pub mod optim;
 pub mod precision;
 pub mod prepare;
 pub mod profile;
 pub mod safetensors_header;
 pub mod step_check;
 pub mod summary;
+pub mod timeline;
 pub mod towers;
 pub mod weights;
 

@@ -1,5 +1,6 @@
 //! `AR_OUT/train_summary.json`:
-//! `{"steps","final_loss","peak_memory_bytes","device","train_seconds","steps_per_second"}`.
+//! `{"steps","final_loss","peak_memory_bytes","device","train_seconds","steps_per_second","timeline"}`
+//! (`timeline`: [`crate::timeline::Timeline`]).
 //!
 //! Nothing here changes the score; the server records it beside the run. Peak memory is the process's
 //! maximum resident set on the CPU (`getrusage`). On CUDA, tch 0.24 exposes no caching-allocator
@@ -29,6 +30,8 @@ pub struct Summary {
     pub train_seconds: f64,
     /// `steps / train_seconds` (data loading and model building included).
     pub steps_per_second: f64,
+    /// When the phase loaded its data, began its first step and ended its loop.
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// Maximum resident set size of this process in bytes.
@@ -96,6 +99,7 @@ pub fn write(ctx: &Context, steps: u64, final_loss: f64) -> Result<Summary> {
         device: ctx.device_name().to_string(),
         train_seconds: ctx.elapsed_s(),
         steps_per_second: steps as f64 / ctx.elapsed_s().max(1e-9),
+        timeline: crate::timeline::snapshot(),
     };
     let path = ctx.out.join(SUMMARY_FILE);
     std::fs::write(&path, serde_json::to_string_pretty(&s)? + "\n")
