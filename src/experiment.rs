@@ -151,6 +151,17 @@ impl Runner {
 
     /// SHA-256 over every file of the fixed harness: the trainer package minus train.rs and build output.
     pub fn harness_hash(&self) -> Result<String> {
+        let files = self.harness_files()?;
+        let mut all = Vec::new();
+        for f in &files {
+            all.extend_from_slice(self.paths.relative(f).to_string_lossy().as_bytes());
+            all.extend_from_slice(sha256_hex(&std::fs::read(f)?).as_bytes());
+        }
+        Ok(sha256_hex(&all)[..16].to_string())
+    }
+
+    /// The files of the fixed harness (the trainer package minus train.rs and build output), sorted.
+    fn harness_files(&self) -> Result<Vec<PathBuf>> {
         let trainer = self.paths.trainer();
         let mut files = vec![];
         for name in ["Cargo.toml", "Cargo.lock", "build.rs"] {
@@ -167,13 +178,9 @@ impl Runner {
                 }
             }
         }
+        files.retain(|f| f.exists());
         files.sort();
-        let mut all = Vec::new();
-        for f in files.iter().filter(|f| f.exists()) {
-            all.extend_from_slice(self.paths.relative(f).to_string_lossy().as_bytes());
-            all.extend_from_slice(sha256_hex(&std::fs::read(f)?).as_bytes());
-        }
-        Ok(sha256_hex(&all)[..16].to_string())
+        Ok(files)
     }
 
     /// The fingerprint of runs on `data` (one prepared cache, or one per fold).
@@ -252,6 +259,18 @@ impl Runner {
         let lock = tokio::task::spawn_blocking(move || fs2::FileExt::lock_exclusive(&lock).map(|_| lock))
             .await?
             .context("lock the trainer's build directory")?;
+        // Cargo judges a path package fresh by mtimes, so a harness compiled from another workspace's
+        // (older or newer) sources can look fresh here. The target dir remembers which harness it last
+        // built; when this one differs, its files are touched and cargo recompiles them.
+        let stamp = target.join(".autoresearch-harness");
+        let harness = self.harness_hash()?;
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(harness.as_str()) {
+            let now = std::time::SystemTime::now();
+            for f in self.harness_files()? {
+                let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&f);
+                file.and_then(|h| h.set_modified(now)).with_context(|| format!("touch {}", f.display()))?;
+            }
+        }
         if bin == "train" {
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -297,6 +316,7 @@ impl Runner {
         let bin_dir = dir.with_file_name("bin");
         let copy = bin_dir.join(bin);
         if outcome.success() {
+            std::fs::write(&stamp, &harness).context("stamp the trainer's build directory")?;
             let _ = std::fs::remove_dir_all(&bin_dir);
             std::fs::create_dir_all(&bin_dir)?;
             std::fs::copy(target.join("release").join(bin), &copy).with_context(|| format!("copy the built {bin}"))?;

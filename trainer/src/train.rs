@@ -12,11 +12,12 @@
 
 use anyhow::{bail, Result};
 use eclip_harness::layers::{layer_norm, merge_heads, patch_conv, patch_tokens, split_heads, torch_linear};
+use eclip_harness::optim::FlatAdamW;
 use eclip_harness::towers::{self, Pretrained, TextConfig, TextTower, VisionTransformer, VitConfig};
 use eclip_harness::{
     checkpoint, embed, precision, step_check, summary, Batch, Context, ExpertBatch, Phase, TrainData,
 };
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 // ---------------------------------------------------------------------------
@@ -303,7 +304,8 @@ fn train(ctx: &Context) -> Result<()> {
         n_params as f64 / 1e6,
         ctx.budget.as_secs_f64()
     );
-    let mut opt = nn::AdamW { wd: WEIGHT_DECAY, ..Default::default() }.build(&vs, LEARNING_RATE)?;
+    // AdamW over one flat buffer of all trainable variables: a few kernels a step (eclip_harness::optim).
+    let mut opt = FlatAdamW::new(&vs, LEARNING_RATE, WEIGHT_DECAY)?;
     let mut sampler = data.sampler(BATCH_SIZE);
     let mut expert_sampler = data.expert_sampler(BATCH_SIZE);
     let started = std::time::Instant::now();
