@@ -319,3 +319,43 @@ async fn each_workspace_runs_its_own_train_rs_even_with_a_shared_build_dir() {
     let rb = b.client().await.call("run_experiment", json!({"description": "b"})).await;
     assert!(text(&rb).contains("FROM-B") && !text(&rb).contains("FROM-A"), "{}", text(&rb));
 }
+
+/// Workspaces share the repository's trainer build directory, where cargo judges the harness fresh by
+/// file times: a workspace whose harness differs from the one last built (made before or after an
+/// update) must still be built and run with its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_workspace_runs_its_own_harness_from_the_shared_build_directory() {
+    let _serial = EXPERIMENTS.lock().await;
+    let (a, b) = (Ws::with_config("budget_seconds = 2"), Ws::with_config("budget_seconds = 2"));
+    // B's harness has one more function, which B's train.rs calls; B's harness files are dated 2001,
+    // older than any build, as an older workspace's would be.
+    let lib = b.root.join("trainer/src/lib.rs");
+    let src = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, src + "\n/// Only in this workspace's harness.\npub fn harness_marker() -> u32 {\n    7\n}\n")
+        .unwrap();
+    let train = std::fs::read_to_string(b.train_rs()).unwrap();
+    let main = "fn main() -> Result<()> {\n";
+    assert!(train.contains(main));
+    std::fs::write(
+        b.train_rs(),
+        train.replace(main, &format!("{main}    assert_eq!(eclip_harness::harness_marker(), 7);\n")),
+    )
+    .unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(978_307_200);
+    let mut stack = vec![b.root.join("trainer/src")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+            }
+        }
+    }
+    let (ca, cb) = (a.client().await, b.client().await);
+    for (name, c) in [("A", &ca), ("B", &cb), ("A again", &ca)] {
+        let r = c.call("run_experiment", json!({"description": format!("workspace {name}")})).await;
+        assert!(!is_error(&r), "workspace {name}: {}", text(&r));
+    }
+}
