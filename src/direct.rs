@@ -93,6 +93,8 @@ pub struct DirectPhases {
     pub embed_texts: f64,
     pub score: f64,
     pub total: f64,
+    /// `train` split at the trainer harness's landmarks (start-up, data load, loop, exit), when reported.
+    pub train_split: Option<crate::experiment::TrainSplit>,
 }
 
 /// What `train_summary.json` said (as reported by the trainer, not measured here).
@@ -269,8 +271,10 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
     std::fs::create_dir_all(out.join("tmp"))?;
     let env = phase_env("train", &prepared.train_file(), &out);
     let p = Phase { name: "train", program: &train_bin, args: &[], env, dir: &out };
+    let spawned = crate::experiment::unix_now();
     phases.train = p.run(&run_dir.join("train.log"), Duration::from_secs(budget + GRACE_SECONDS), stop)?;
     let reported = read_summary(&out.join("train_summary.json"));
+    phases.train_split = crate::experiment::TrainSplit::read(&out.join("train_summary.json"), spawned, phases.train);
     let ckpt = out.join("checkpoint.safetensors");
     if !ckpt.is_file() {
         bail!("train exited without writing {}: see {}", ckpt.display(), run_dir.join("train.log").display());
@@ -379,6 +383,18 @@ pub fn render(s: &DirectSummary) -> String {
         "phases (s, measured here): {prep} | train {:.1} | embed-images {:.1} | embed-texts {:.1} | score {:.2} | total {:.1}\n",
         ph.train, ph.embed_images, ph.embed_texts, ph.score, ph.total
     ));
+    if let Some(t) = &ph.train_split {
+        o.push_str(&format!(
+            "not training (s): {:.1} of {:.1} | train start-up {:.2} (process start {:.2}, data load {}) | after the last step {:.2} | loop {:.1}\n",
+            ph.total - t.r#loop,
+            ph.total,
+            t.startup,
+            t.sandbox_start,
+            opt(t.data_load, 2),
+            t.exit,
+            t.r#loop
+        ));
+    }
     o.push_str(&format!("logs, checkpoint, embeddings: {}\n", s.run_dir.display()));
     o
 }

@@ -680,24 +680,29 @@ fn stopped(r: &JobOutcome, failed: RunStatus) -> Option<RunStatus> {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The train phase's wall time split at the landmarks of the harness's timeline (train_summary.json,
 /// `eclip_harness::timeline`), with the server's clock at both ends: spawn to first step, the loop,
 /// and the rest. Written by the trainer, so clamped into the server-measured wall time.
-#[derive(Debug, Clone, PartialEq)]
-struct TrainSplit {
-    startup: f64,
-    sandbox_start: f64,
-    data_load: Option<f64>,
-    r#loop: f64,
-    exit: f64,
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrainSplit {
+    /// Spawn to the first step.
+    pub startup: f64,
+    /// Spawn to the harness's start (sandbox set-up, exec, libtorch loaded).
+    pub sandbox_start: f64,
+    /// Loading the prepared split onto the device.
+    pub data_load: Option<f64>,
+    /// First step to the end of the last.
+    pub r#loop: f64,
+    /// Checkpoint, summary, exit.
+    pub exit: f64,
 }
 
 impl TrainSplit {
-    fn read(summary: &Path, spawned_unix: f64, wall: f64) -> Option<TrainSplit> {
+    pub(crate) fn read(summary: &Path, spawned_unix: f64, wall: f64) -> Option<TrainSplit> {
         let bytes = read_capped(summary, 64 * 1024).ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let t = v.get("timeline")?;

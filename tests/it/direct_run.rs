@@ -82,7 +82,9 @@ async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
     eprintln!("{stdout}");
     assert!(out.status.success(), "unsandboxed-experiment failed:\n{stderr}");
     assert!(stderr.contains("UNSANDBOXED") && stdout.contains("UNSANDBOXED"), "says loudly that there is no sandbox");
-    for needle in ["mean rank", "random", "R@1", "R@10", "steps/s", "peak memory", "embed-images", "total"] {
+    for needle in
+        ["mean rank", "random", "R@1", "R@10", "steps/s", "peak memory", "embed-images", "total", "not training"]
+    {
         assert!(stdout.contains(needle), "{needle:?} missing from the summary:\n{stdout}");
     }
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -95,6 +97,8 @@ async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
     assert_eq!(s["reported"]["device"], "cpu");
     assert!(s["phases"]["prepare"].as_f64().is_some(), "the first run prepares the data");
     assert!(s["phases"]["train"].as_f64().unwrap() > 0.0);
+    let split = &s["phases"]["train_split"];
+    assert!(split["loop"].as_f64().unwrap() > 0.5 * s["phases"]["train"].as_f64().unwrap(), "{split}");
 
     // A second run reuses the prepared data; its logs are in their own run folder.
     let again = unsandboxed(&[&args[..8], &["--budget".as_ref(), "5".as_ref()], &args[10..]].concat());
