@@ -27,8 +27,13 @@ TORCH_VERSION=$("$ENV/bin/python" -c 'import torch; print(torch.__version__)')
 scripts/fetch-trainer-deps.sh
 
 say "building the trainer: train, prepare (release)"
+# The target dir is shared with experiment workspaces, whose harness may differ from this checkout's:
+# cargo judges freshness by file times, so touch the sources to build exactly these, and drop the
+# server's record of which harness it last built there (its next build then recompiles its own).
+find trainer/src trainer/build.rs trainer/Cargo.toml -type f -exec touch {} +
 (cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 CARGO_TARGET_DIR="$TRAINER_TARGET" \
   cargo build --release --offline --locked --bins)
+rm -f "$TRAINER_TARGET/.autoresearch-harness"
 say "building the server (release)"
 CARGO_TARGET_DIR="$SERVER_TARGET" cargo build --release --locked
 
