@@ -20,6 +20,9 @@ cargo clippy --locked --all-targets -- -D warnings
 
 say "trainer tests (libtorch, CPU)"
 (cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" cargo test --release --locked)
+# Those builds share trainer/target with experiment workspaces: drop the server's record of the harness
+# it last built there, so that its next build recompiles the workspace's own (see Runner::build).
+rm -f trainer/target/.autoresearch-harness
 
 say "Docker engine and the offline sandbox test image (for the docker backend's tests)"
 scripts/docker-engine.sh
