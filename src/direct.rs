@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::config::Profile;
 use crate::data::{self, Prepared};
 use crate::dataset::{Layout, cache_key, prepare_split_args};
-use crate::fsutil::{read_capped, write_atomic};
+use crate::fsutil::write_atomic;
 use crate::pyenv::PyEnv;
 use crate::score::{self, Metrics};
 
@@ -273,8 +273,10 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
     let p = Phase { name: "train", program: &train_bin, args: &[], env, dir: &out };
     let spawned = crate::experiment::unix_now();
     phases.train = p.run(&run_dir.join("train.log"), Duration::from_secs(budget + GRACE_SECONDS), stop)?;
-    let reported = read_summary(&out.join("train_summary.json"));
-    phases.train_split = crate::experiment::TrainSplit::read(&out.join("train_summary.json"), spawned, phases.train);
+    let summary = crate::experiment::read_train_summary(&out);
+    let reported = summary.as_ref().map(train_reported).unwrap_or_default();
+    phases.train_split =
+        summary.as_ref().and_then(|v| crate::experiment::TrainSplit::from_summary(v, spawned, phases.train));
     let ckpt = out.join("checkpoint.safetensors");
     if !ckpt.is_file() {
         bail!("train exited without writing {}: see {}", ckpt.display(), run_dir.join("train.log").display());
@@ -399,9 +401,7 @@ pub fn render(s: &DirectSummary) -> String {
     o
 }
 
-fn read_summary(path: &Path) -> TrainReported {
-    let Ok(bytes) = read_capped(path, 64 * 1024) else { return TrainReported::default() };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return TrainReported::default() };
+fn train_reported(v: &serde_json::Value) -> TrainReported {
     TrainReported {
         steps: v.get("steps").and_then(|x| x.as_u64()),
         final_loss: v.get("final_loss").and_then(|x| x.as_f64()),

@@ -564,8 +564,11 @@ impl Runner {
         let train = self.sandbox.run(&job, cancel).await?;
         add(&mut o.phases.train, train.wall.as_secs_f64());
         o.overran |= train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > budget as f64 + 15.0;
-        o.reported = read_reported(&out.join("train_summary.json"));
-        if let Some(split) = TrainSplit::read(&out.join("train_summary.json"), spawned, train.wall.as_secs_f64()) {
+        let summary = read_train_summary(&out);
+        o.reported = summary.as_ref().map(reported).unwrap_or_default();
+        if let Some(split) =
+            summary.as_ref().and_then(|v| TrainSplit::from_summary(v, spawned, train.wall.as_secs_f64()))
+        {
             add(&mut o.phases.train_startup, split.startup);
             add(&mut o.phases.train_loop, split.r#loop);
             add(&mut o.phases.train_exit, split.exit);
@@ -702,10 +705,9 @@ pub struct TrainSplit {
 }
 
 impl TrainSplit {
-    pub(crate) fn read(summary: &Path, spawned_unix: f64, wall: f64) -> Option<TrainSplit> {
-        let bytes = read_capped(summary, 64 * 1024).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        let t = v.get("timeline")?;
+    /// From a parsed train_summary.json ([`read_train_summary`]); `None` without a usable timeline.
+    pub(crate) fn from_summary(summary: &serde_json::Value, spawned_unix: f64, wall: f64) -> Option<TrainSplit> {
+        let t = summary.get("timeline")?;
         let num = |k: &str| t.get(k).and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0);
         Self::from_marks(
             num("started_unix")? - spawned_unix,
@@ -731,10 +733,15 @@ impl TrainSplit {
     }
 }
 
-/// The trainer's own summary; anything unreadable is simply not reported.
-fn read_reported(path: &Path) -> Reported {
-    let Ok(bytes) = read_capped(path, 64 * 1024) else { return Reported::default() };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Reported::default() };
+/// The train phase's `train_summary.json` in `out`, parsed; `None` when missing or unreadable (then
+/// nothing is reported).
+pub(crate) fn read_train_summary(out: &Path) -> Option<serde_json::Value> {
+    let bytes = read_capped(&out.join("train_summary.json"), 64 * 1024).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What the trainer's summary says about itself.
+fn reported(v: &serde_json::Value) -> Reported {
     Reported {
         steps: v.get("steps").and_then(|x| x.as_u64()),
         final_loss: v.get("final_loss").and_then(|x| x.as_f64()),
@@ -770,9 +777,12 @@ mod tests {
         let json = serde_json::json!({"steps": 3, "timeline": {"started_unix": t0 + 0.25, "data_loaded_s": 0.5,
             "first_step_s": 1.0, "loop_end_s": 4.0}});
         std::fs::write(&path, json.to_string()).unwrap();
-        let s = TrainSplit::read(&path, t0, 5.0).unwrap();
+        let summary = read_train_summary(dir.path()).unwrap();
+        let s = TrainSplit::from_summary(&summary, t0, 5.0).unwrap();
         assert_eq!((s.startup, s.data_load, s.r#loop, s.exit), (1.25, Some(0.5), 3.0, 0.75));
+        assert_eq!(reported(&summary).steps, Some(3));
         std::fs::write(&path, r#"{"steps": 3}"#).unwrap();
-        assert_eq!(TrainSplit::read(&path, t0, 5.0), None, "an older trainer without a timeline");
+        let summary = read_train_summary(dir.path()).unwrap();
+        assert_eq!(TrainSplit::from_summary(&summary, t0, 5.0), None, "an older trainer without a timeline");
     }
 }
