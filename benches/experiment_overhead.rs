@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use autoresearch_mcp::ledger::PhaseTimes;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
@@ -46,26 +47,25 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// One call's figures, in seconds.
+/// One call's figures, in seconds: the client's clock and the server's phase times.
 struct Figures {
     wall: f64,
-    phases: Value,
+    phases: PhaseTimes,
 }
 
 impl Figures {
-    fn get(&self, key: &str) -> Option<f64> {
-        self.phases.get(key).and_then(|v| v.as_f64())
-    }
-    fn sum(&self, keys: &[&str]) -> Option<f64> {
-        keys.iter().map(|k| self.get(k)).sum()
-    }
     /// Wall time of the call that the server's experiment and setup do not account for: the MCP
     /// round trip, argument checks, the ledger's finished record, the reply.
     fn outside(&self) -> Option<f64> {
-        Some(self.wall - self.get("total")? - self.get("setup")?)
+        Some(self.wall - self.phases.total - self.phases.setup?)
     }
     fn model_build(&self) -> Option<f64> {
-        Some(self.get("train_startup")? - self.get("sandbox_start")? - self.get("data_load")?)
+        let p = &self.phases;
+        Some(p.train_startup? - p.sandbox_start? - p.data_load?)
+    }
+    /// The whole call minus the training loop (client clock).
+    fn overhead(&self) -> Option<f64> {
+        Some(self.wall - self.phases.train_loop?)
     }
 }
 
@@ -86,7 +86,8 @@ async fn run(client: &RunningService<RoleClient, ()>, description: &str) -> Resu
     let wall = t.elapsed().as_secs_f64();
     let row = r.structured_content.clone().with_context(|| format!("no run row: {}", text_of(&r)))?;
     ensure!(row["status"] == "ok", "run {description:?} did not succeed:\n{}", text_of(&r));
-    Ok(Figures { wall, phases: row["phases"].clone() })
+    let phases = serde_json::from_value(row["phases"].clone()).context("the run row's phases")?;
+    Ok(Figures { wall, phases })
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -132,8 +133,8 @@ async fn main() -> Result<()> {
     eprintln!(
         "warm-up: {:.1} s (setup incl. data preparation {:.1} s, build {:.1} s)",
         warm.wall,
-        warm.get("setup").unwrap_or(f64::NAN),
-        warm.get("build").unwrap_or(f64::NAN)
+        warm.phases.setup.unwrap_or(f64::NAN),
+        warm.phases.build.unwrap_or(f64::NAN)
     );
 
     let train = std::fs::read_to_string(ws.join("trainer/src/train.rs"))?;
@@ -157,24 +158,21 @@ async fn main() -> Result<()> {
 
     type Row<'a> = (&'a str, Box<dyn Fn(&Figures) -> Option<f64>>);
     let rows: Vec<Row> = vec![
-        ("call -> first training step", Box::new(|f| f.sum(&["setup", "build", "train_startup"]))),
-        ("  server setup (disk, sandbox check, snapshot, data cache, fingerprint)", Box::new(|f| f.get("setup"))),
-        ("  incremental build of the edited train.rs (sandboxed cargo)", Box::new(|f| f.get("build"))),
-        ("  sandbox start + process start (libtorch loaded)", Box::new(|f| f.get("sandbox_start"))),
-        ("  data load (prepared split onto the device)", Box::new(|f| f.get("data_load"))),
+        ("call -> first training step", Box::new(|f| f.phases.to_first_step())),
+        ("  server setup (disk, sandbox check, snapshot, data cache, fingerprint)", Box::new(|f| f.phases.setup)),
+        ("  incremental build of the edited train.rs (sandboxed cargo)", Box::new(|f| f.phases.build)),
+        ("  sandbox start + process start (libtorch loaded)", Box::new(|f| f.phases.sandbox_start)),
+        ("  data load (prepared split onto the device)", Box::new(|f| f.phases.data_load)),
         ("  model build, optimiser, until step 1", Box::new(Figures::model_build)),
-        ("training loop (not overhead)", Box::new(|f| f.get("train_loop"))),
-        (
-            "last training step -> score recorded",
-            Box::new(|f| Some(f.sum(&["train_exit", "embed_images", "embed_texts", "score"])? + f.outside()?)),
-        ),
-        ("  checkpoint write + trainer exit", Box::new(|f| f.get("train_exit"))),
-        ("  embed images (sandboxed process)", Box::new(|f| f.get("embed_images"))),
-        ("  embed texts (sandboxed process)", Box::new(|f| f.get("embed_texts"))),
-        ("  score (server)", Box::new(|f| f.get("score"))),
+        ("training loop (not overhead)", Box::new(|f| f.phases.train_loop)),
+        ("last training step -> score recorded", Box::new(|f| Some(f.phases.after_last_step()? + f.outside()?))),
+        ("  checkpoint write + trainer exit", Box::new(|f| f.phases.train_exit)),
+        ("  embed images (sandboxed process)", Box::new(|f| f.phases.embed_images)),
+        ("  embed texts (sandboxed process)", Box::new(|f| f.phases.embed_texts)),
+        ("  score (server)", Box::new(|f| f.phases.score)),
         ("  ledger, reply, MCP round trip", Box::new(Figures::outside)),
         ("whole call (client clock)", Box::new(|f| Some(f.wall))),
-        ("OVERHEAD (whole call - training loop)", Box::new(|f| Some(f.wall - f.get("train_loop")?))),
+        ("OVERHEAD (whole call - training loop)", Box::new(Figures::overhead)),
     ];
     let cell = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into());
     println!();
@@ -196,8 +194,8 @@ async fn main() -> Result<()> {
         println!("| {label} | {} | {} |", cells.join(" | "), cell(med));
     }
     println!();
-    let build = median(figures.iter().filter_map(|f| f.get("build")).collect());
-    let overhead = median(figures.iter().filter_map(|f| Some(f.wall - f.get("train_loop")?)).collect());
+    let build = median(figures.iter().filter_map(|f| f.phases.build).collect());
+    let overhead = median(figures.iter().filter_map(Figures::overhead).collect());
     println!("incremental build after a one-line train.rs edit: {} s (median)", cell(build));
     println!(
         "experiment overhead: {} s (median; target < 15 s); warm-up run with data preparation: {:.1} s",
