@@ -21,6 +21,8 @@ use tch::{Kind, Tensor};
 pub struct FlatAdamW {
     /// The trainable variables, each a view of `flat` after [`FlatAdamW::new`].
     vars: Vec<Tensor>,
+    /// Where each variable lies in `flat`: (offset, number of elements).
+    spans: Vec<(i64, i64)>,
     flat: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -50,14 +52,18 @@ impl FlatAdamW {
             vars.iter().all(|v| v.kind() == kind && v.device() == device),
             "FlatAdamW needs every trainable variable of one kind on one device"
         );
+        let mut spans = Vec::with_capacity(vars.len());
+        let mut offset = 0;
+        for v in &vars {
+            let n = v.numel() as i64;
+            spans.push((offset, n));
+            offset += n;
+        }
         let flat = tch::no_grad(|| {
             let parts: Vec<Tensor> = vars.iter().map(|v| v.detach().reshape([-1])).collect();
             let flat = Tensor::cat(&parts, 0);
-            let mut offset = 0;
-            for v in vars.iter_mut() {
-                let n = v.numel() as i64;
-                v.set_data(&flat.narrow(0, offset, n).view(v.size().as_slice()));
-                offset += n;
+            for (v, &(o, n)) in vars.iter_mut().zip(&spans) {
+                v.set_data(&flat.narrow(0, o, n).view(v.size().as_slice()));
             }
             flat
         });
@@ -71,6 +77,7 @@ impl FlatAdamW {
             exp_avg: flat.zeros_like(),
             exp_avg_sq: flat.zeros_like(),
             vars,
+            spans,
             flat,
             grad: None,
             lr,
@@ -182,18 +189,9 @@ impl FlatAdamW {
 
     /// Copies of (values, first moment, second moment) of the variables `idx`, with their place in `flat`.
     fn slices(&self, idx: &[usize]) -> Vec<(i64, i64, [Tensor; 3])> {
-        if idx.is_empty() {
-            return vec![];
-        }
-        let mut offsets = Vec::with_capacity(self.vars.len());
-        let mut offset = 0;
-        for v in &self.vars {
-            offsets.push(offset);
-            offset += v.numel() as i64;
-        }
         idx.iter()
             .map(|&i| {
-                let (o, n) = (offsets[i], self.vars[i].numel() as i64);
+                let (o, n) = self.spans[i];
                 let copy = |t: &Tensor| t.narrow(0, o, n).copy();
                 (o, n, [copy(&self.flat), copy(&self.exp_avg), copy(&self.exp_avg_sq)])
             })
