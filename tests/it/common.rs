@@ -99,6 +99,16 @@ impl Ws {
         Client { service, pid }
     }
 
+    /// `edit_train` arguments that raise the baseline's learning rate from 3e-4 to 1e-3: a real
+    /// one-line change for tests that run and commit something other than the baseline.
+    pub fn raise_lr_edit(&self) -> Value {
+        let src = std::fs::read_to_string(self.train_rs()).unwrap();
+        let lr = src.lines().find(|l| l.contains("const LEARNING_RATE")).unwrap().to_string();
+        let new_lr = lr.replace("3e-4", "1e-3");
+        assert_ne!(lr, new_lr, "baseline LR is 3e-4");
+        serde_json::json!({"command": "str_replace", "old_str": lr, "new_str": new_lr})
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(bin()).arg("-C").arg(&self.root).args(args).output().unwrap()
     }

@@ -58,11 +58,7 @@ async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
     assert!(ws.state("runs/r0001/train.rs").exists() && ws.state("runs/r0001/diff.patch").exists());
 
     // Edit without running: commit refused. Then run, then commit: kept with the fixed format.
-    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let lr = src.lines().find(|l| l.contains("const LEARNING_RATE")).unwrap().to_string();
-    let new_lr = lr.replace("3e-4", "1e-3");
-    assert_ne!(lr, new_lr, "baseline LR is 3e-4");
-    let e = c.call("edit_train", json!({"command": "str_replace", "old_str": lr, "new_str": new_lr})).await;
+    let e = c.call("edit_train", ws.raise_lr_edit()).await;
     assert!(!is_error(&e), "{}", text(&e));
     let refused = c.call("commit", json!({"description": "LR 1e-3"})).await;
     assert!(is_error(&refused) && text(&refused).contains("never been run"), "{}", text(&refused));

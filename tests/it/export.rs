@@ -18,11 +18,7 @@ async fn baseline_and_kept_change() -> Ws {
     let c = ws.client().await;
     let r = c.call("run_experiment", json!({"description": "baseline"})).await;
     assert!(!is_error(&r), "{}", text(&r));
-    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let lr = src.lines().find(|l| l.contains("const LEARNING_RATE")).unwrap().to_string();
-    let new_lr = lr.replace("3e-4", "1e-3");
-    assert_ne!(lr, new_lr, "baseline LR is 3e-4");
-    let e = c.call("edit_train", json!({"command": "str_replace", "old_str": lr, "new_str": new_lr})).await;
+    let e = c.call("edit_train", ws.raise_lr_edit()).await;
     assert!(!is_error(&e), "{}", text(&e));
     let r = c.call("run_experiment", json!({"description": "LR 3e-4 -> 1e-3"})).await;
     assert!(!is_error(&r), "{}", text(&r));
