@@ -150,8 +150,9 @@ pub enum Command {
     },
     /// What is running now (supervisor, Claude Code, server, the run in flight), the best result and the last runs.
     Status,
+    /// The local sandbox's helper; the job spec comes on stdin.
     #[command(hide = true)]
-    SandboxExec { spec: String },
+    SandboxExec,
 }
 
 #[derive(Debug, Subcommand, Clone, Copy)]

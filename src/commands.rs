@@ -108,7 +108,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::UnsandboxedExperiment(args) => crate::direct::main(&root, args).await,
-        Command::SandboxExec { .. } => unreachable!("handled in main before the runtime starts"),
+        Command::SandboxExec => unreachable!("handled in main before the runtime starts"),
     }
 }
 

@@ -110,6 +110,12 @@ pub struct SandboxConfig {
     pub pids_limit: u64,
     /// CPU cores' worth of time a phase may use (0 = no limit).
     pub cpus: f64,
+    /// GiB a train or embed phase may write (its scratch dir and outputs); past it the run ends
+    /// `crashed` ("disk quota exceeded") and what it wrote is removed. 0 = no quota.
+    pub disk_quota_gib: u64,
+    /// GiB the build may add to the trainer's target dir (a first build from nothing takes ~3), and
+    /// data preparation may write. 0 = no quota.
+    pub build_disk_quota_gib: u64,
 }
 
 impl Default for ExperimentConfig {
@@ -151,6 +157,8 @@ impl Default for SandboxConfig {
             memory_limit_gib: 16,
             pids_limit: 1024,
             cpus: 0.0,
+            disk_quota_gib: 10,
+            build_disk_quota_gib: 40,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The prepared tensor cache and the private validation pairing.
 //!
 //! `prepare` (a fixed harness binary of the trainer, run in the sandbox) turns an ODVG dataset into
-//! safetensors once per (dataset, profile, tokenizer) and, when cross-validating, once per fold. The server then writes the validation split as two files,
-//! images and texts, each in its own secret random row order, and keeps the orders in `private/`,
-//! which no phase is given. The test split is prepared but never handed to any phase of the loop.
+//! safetensors once per (dataset, profile, tokenizer) and, when cross-validating, once per fold. For
+//! every evaluation the server deals the validation split anew into two files, images and texts, each
+//! in its own fresh secret row order ([`deal_halves`]); the orders stay in the server's memory. The
+//! test split is prepared but never handed to any phase of the loop.
 
 use std::path::{Path, PathBuf};
 
@@ -44,16 +45,9 @@ impl Prepared {
     pub fn train_file(&self) -> PathBuf {
         self.prepared_dir().join("train.safetensors")
     }
-    pub fn val_images(&self) -> PathBuf {
-        self.dir.join("phase/val_images.safetensors")
-    }
-    pub fn val_texts(&self) -> PathBuf {
-        self.dir.join("phase/val_texts.safetensors")
-    }
-    pub fn pairing(&self) -> Result<Pairing> {
-        let p = self.dir.join("private/pairing.json");
-        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("read {}", p.display()))?)
-            .context("parse pairing.json")
+    /// The validation split, never mounted as it is: each evaluation deals it anew ([`deal_halves`]).
+    pub fn val_file(&self) -> PathBuf {
+        self.prepared_dir().join("val.safetensors")
     }
 }
 
@@ -63,8 +57,7 @@ pub fn load_ready(dir: &Path) -> Option<Prepared> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// After `prepare` has written `dir/prepared/`: hash the splits, shuffle validation into two files,
-/// store the pairing, and mark the folder ready.
+/// After `prepare` has written `dir/prepared/`: check and hash the splits and mark the folder ready.
 pub fn finish(dir: &Path) -> Result<Prepared> {
     let prepared = dir.join("prepared");
     let train = read_capped(&prepared.join("train.safetensors"), MAX_SPLIT_BYTES)
@@ -79,8 +72,9 @@ pub fn finish(dir: &Path) -> Result<Prepared> {
             bail!("val.safetensors: {key} has a different number of rows than images");
         }
     }
-    let pairing = write_halves(dir, "val", &st)?;
-    write_atomic(&dir.join("private/pairing.json"), serde_json::to_string(&pairing)?.as_bytes())?;
+    if val_n < 2 {
+        bail!("the validation split has {val_n} usable pairs: too few to rank");
+    }
     let mut h = Sha256::new();
     h.update(sha256_hex(&train));
     h.update(sha256_hex(&val));
@@ -89,22 +83,38 @@ pub fn finish(dir: &Path) -> Result<Prepared> {
     Ok(ready)
 }
 
-/// Writes the prepared `split` (`st`, already checked to have as many captions as images) as two files,
-/// `dir/phase/<split>_images.safetensors` and `dir/phase/<split>_texts.safetensors`, each in its own
-/// secret random row order; returns the orders, which the caller keeps in `dir/private/`.
-pub(crate) fn write_halves(dir: &Path, split: &str, st: &SafeTensors) -> Result<Pairing> {
-    let n = rows(st, "images")?;
+/// One evaluation's inputs: the two halves of a split, each in its own secret row order.
+#[derive(Debug)]
+pub struct Halves {
+    pub images: PathBuf,
+    pub texts: PathBuf,
+    /// Known only to the server: never written where a job could read it.
+    pub pairing: Pairing,
+}
+
+/// Deals the prepared `split` file (validation or test) into `dir/images.safetensors` and
+/// `dir/texts.safetensors`, each in a fresh random row order: a new draw for every run, seed and
+/// fold, so the score of one run says nothing about the rows of the next. `n` is the number of pairs
+/// the split must hold.
+pub fn deal_halves(split: &Path, n: usize, dir: &Path) -> Result<Halves> {
+    let bytes = read_capped(split, MAX_SPLIT_BYTES).with_context(|| format!("read {}", split.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("parse {}", split.display()))?;
+    for key in ["images", "caption_ids", "caption_mask"] {
+        let rows = rows(&st, key)?;
+        if rows != n {
+            bail!("{}: `{key}` has {rows} rows, expected {n}", split.display());
+        }
+    }
     let mut rng = rand::rng();
     let mut image_order: Vec<usize> = (0..n).collect();
     image_order.shuffle(&mut rng);
     let mut text_order: Vec<usize> = (0..n).collect();
     text_order.shuffle(&mut rng);
-    std::fs::create_dir_all(dir.join("phase"))?;
-    std::fs::create_dir_all(dir.join("private"))?;
-    write_shuffled(st, &["images"], &image_order, &dir.join(format!("phase/{split}_images.safetensors")))?;
-    let texts = dir.join(format!("phase/{split}_texts.safetensors"));
-    write_shuffled(st, &["caption_ids", "caption_mask"], &text_order, &texts)?;
-    Ok(Pairing { image_order, text_order })
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let (images, texts) = (dir.join("images.safetensors"), dir.join("texts.safetensors"));
+    write_shuffled(&st, &["images"], &image_order, &images)?;
+    write_shuffled(&st, &["caption_ids", "caption_mask"], &text_order, &texts)?;
+    Ok(Halves { images, texts, pairing: Pairing { image_order, text_order } })
 }
 
 pub(crate) fn rows(st: &SafeTensors, key: &str) -> Result<usize> {

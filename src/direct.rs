@@ -22,7 +22,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::Profile;
-use crate::data::{self, Prepared};
+use crate::data;
 use crate::dataset::{Layout, cache_key, prepare_split_args};
 use crate::fsutil::write_atomic;
 use crate::pyenv::PyEnv;
@@ -214,7 +214,7 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
     };
     let mut phases = DirectPhases::default();
 
-    // Data: the server's cache layout and finishing (shuffled validation halves, private pairing).
+    // Data: the server's cache layout and finishing.
     let layout = Layout::resolve(&dataset, &crate::config::DataConfig::default())?;
     let cache = work.join("prepared").join(cache_key(&layout, profile.as_str(), &tokenizer)?);
     let prepared = match data::load_ready(&cache) {
@@ -282,9 +282,10 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
         bail!("train exited without writing {}: see {}", ckpt.display(), run_dir.join("train.log").display());
     }
 
-    // Embed each shuffled half of validation in its own process.
+    // Embed each half of a fresh deal of validation in its own process.
+    let halves = data::deal_halves(&prepared.val_file(), prepared.val_n, &run_dir.join("halves"))?;
     let mut files = vec![];
-    for (name, input) in [("embed-images", prepared.val_images()), ("embed-texts", prepared.val_texts())] {
+    for (name, input) in [("embed-images", halves.images.clone()), ("embed-texts", halves.texts.clone())] {
         let dir = run_dir.join(name);
         std::fs::create_dir_all(dir.join("tmp"))?;
         let mut env = phase_env(name, &input, &dir);
@@ -301,7 +302,8 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
 
     // Score with the server's scoring, against the pairing only this process knows.
     let t = Instant::now();
-    let metrics = score_files(&prepared, &files)?;
+    let metrics = score_files(&halves, prepared.val_n, &files)?;
+    let _ = std::fs::remove_dir_all(run_dir.join("halves"));
     phases.score = t.elapsed().as_secs_f64();
     phases.total = started.elapsed().as_secs_f64();
     if reported.device.as_deref() == Some("cpu") && Path::new("/dev/nvidia0").exists() && args.device == "auto" {
@@ -328,10 +330,10 @@ pub fn run(workspace: &Path, args: &DirectArgs, stop: &AtomicBool) -> Result<Dir
     })
 }
 
-fn score_files(prepared: &Prepared, files: &[PathBuf]) -> Result<Metrics> {
-    let pairing = prepared.pairing()?;
-    let img = score::load_embeddings(&files[0], "image", prepared.val_n)?.unshuffle(&pairing.image_order);
-    let txt = score::load_embeddings(&files[1], "text", prepared.val_n)?.unshuffle(&pairing.text_order);
+fn score_files(halves: &data::Halves, n: usize, files: &[PathBuf]) -> Result<Metrics> {
+    let pairing = &halves.pairing;
+    let img = score::load_embeddings(&files[0], "image", n)?.unshuffle(&pairing.image_order);
+    let txt = score::load_embeddings(&files[1], "text", n)?.unshuffle(&pairing.text_order);
     score::score(&img, &txt).context("the embeddings cannot be scored")
 }
 

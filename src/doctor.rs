@@ -66,16 +66,56 @@ pub async fn run(root: &Path) -> Vec<Check> {
             .and_then(|p| Ok(format!("{} (torch {})", p.dir.display(), p.torch_version()?))),
         Level::Fail,
     ));
+    let toolchain = Toolchain::detect();
     out.push(check(
         "rust toolchain",
-        Toolchain::detect().map(|t| format!("{} (CARGO_HOME {})", t.cargo.display(), t.cargo_home.display())),
+        toolchain
+            .as_ref()
+            .map(|t| format!("{} (CARGO_HOME {})", t.cargo.display(), t.cargo_home.display()))
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
         Level::Fail,
     ));
+    if let Ok(t) = &toolchain {
+        let view = t.registry_view(&root.join("trainer/Cargo.lock"));
+        out.push(check(
+            "build: CARGO_HOME view",
+            view.map(|v| {
+                let crates = v.iter().filter(|p| p.extension().is_some_and(|e| e == "crate")).count();
+                format!(
+                    "{} paths of {} (the {crates} locked crates' sources, archives and index entries), not its root \
+                     (credentials.toml, config.toml); toolchain {} read-only; the build runs as nobody",
+                    v.len(),
+                    t.cargo_home.display(),
+                    t.sysroot.display()
+                )
+            }),
+            Level::Fail,
+        ));
+    }
+    if let Ok(c) = &config {
+        let gib = |g: u64| if g == 0 { "none".to_string() } else { format!("{g} GiB") };
+        out.push(Check {
+            name: "disk quota",
+            level: if c.sandbox.disk_quota_gib == 0 { Level::Warn } else { Level::Ok },
+            detail: format!(
+                "train/embed phases {}, build and data preparation {} (what a job adds to its folders, measured \
+                 every 0.25 s; at most {} files); over it the run is killed and its files removed",
+                gib(c.sandbox.disk_quota_gib),
+                gib(c.sandbox.build_disk_quota_gib),
+                crate::sandbox::quota::MAX_ENTRIES
+            ),
+        });
+    }
+    out.push(Check {
+        name: "page cache",
+        level: if id.is_root() { Level::Ok } else { Level::Warn },
+        detail: crate::sandbox::pagecache::describe(),
+    });
     match LocalSandbox::from_current_exe() {
         Ok(local) => {
             out.push(check(
                 "local sandbox: namespaces",
-                local.check().map(|_| "network, PID, mount namespaces".into()),
+                local.check().map(|_| format!("{} namespaces", crate::sandbox::local::NAMESPACE_NAMES)),
                 Level::Fail,
             ));
             if let Ok(p) = &pyenv {
@@ -174,10 +214,11 @@ async fn sandbox_probe(local: &LocalSandbox, pyenv: &PyEnv) -> Check {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").ok();
     let port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()).unwrap_or(9);
     let code = format!(
-        "import socket, torch, os\n\
+        "import ctypes, socket, torch, os\n\
          try:\n    socket.create_connection(('127.0.0.1', {port}), 2); net = 'REACHABLE'\n\
          except OSError: net = 'unreachable'\n\
-         print(f'uid={{os.getuid()}} torch={{torch.__version__}} cuda={{torch.cuda.is_available()}} host-loopback={{net}}')"
+         ipc = 'denied' if ctypes.CDLL(None).shmget(0, 4096, 0o1600) < 0 else 'ALLOWED'\n\
+         print(f'uid={{os.getuid()}} torch={{torch.__version__}} cuda={{torch.cuda.is_available()}} host-loopback={{net}} sysv-ipc={{ipc}} hostname={{os.uname().nodename}}')"
     );
     let mut read_only = vec![pyenv.dir.clone()];
     read_only.extend(pyenv.python_prefix());
@@ -196,6 +237,7 @@ async fn sandbox_probe(local: &LocalSandbox, pyenv: &PyEnv) -> Check {
         writable: vec![scratch.clone()],
         limits: Limits { memory_bytes: 4 << 30, pids: 256, cpus: 0.0 },
         unprivileged: true,
+        disk_quota_bytes: 1 << 30,
     };
     let r = local.run(&job, &CancellationToken::new()).await;
     let _ = std::fs::remove_dir_all(&dir);

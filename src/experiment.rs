@@ -24,32 +24,7 @@ use crate::sandbox::{Job, JobEnd, JobOutcome, Sandbox};
 use crate::score::{self, Metrics};
 use crate::untrusted::fenced_tail;
 
-/// The Rust toolchain the sandboxed build uses, found from the server's own environment.
-#[derive(Debug, Clone)]
-pub struct Toolchain {
-    pub cargo: PathBuf,
-    pub cargo_home: PathBuf,
-    pub rustup_home: Option<PathBuf>,
-    pub rustup_toolchain: Option<String>,
-}
-
-impl Toolchain {
-    pub fn detect() -> Result<Self> {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-        let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
-        let cargo = find_in_path("cargo")
-            .or_else(|| Some(cargo_home.join("bin/cargo")).filter(|p| p.exists()))
-            .context("cargo not found on PATH or in CARGO_HOME/bin: install Rust (rustup) to build the trainer")?;
-        let rustup_home = std::env::var_os("RUSTUP_HOME")
-            .map(PathBuf::from)
-            .or_else(|| Some(home.join(".rustup")).filter(|p| p.exists()));
-        Ok(Self { cargo, cargo_home, rustup_home, rustup_toolchain: std::env::var("RUSTUP_TOOLCHAIN").ok() })
-    }
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
-}
+pub use crate::toolchain::Toolchain;
 
 /// What an experiment produced, for the ledger and for the agent.
 #[derive(Debug, Clone)]
@@ -240,8 +215,15 @@ impl Runner {
             read_only: vec![],
             writable: vec![dir.to_path_buf()],
             limits: Limits { memory_bytes: sb.memory_limit_gib << 30, pids: sb.pids_limit, cpus: sb.cpus },
-            // Only the build keeps uid 0 (without capabilities): it writes the user's target dir.
-            unprivileged: phase != "build",
+            // Every phase, the build included (its target dir is handed to it), runs as nobody: it
+            // cannot read a file of the host's that is not world-readable, even if one were mounted.
+            unprivileged: true,
+            // The phases train.rs runs in get the run quota; the build (the target dir's growth) and
+            // the harness's data preparation the larger one.
+            disk_quota_bytes: match phase {
+                "build" | "prepare" => sb.build_disk_quota_gib,
+                _ => sb.disk_quota_gib,
+            } << 30,
         }
     }
 
@@ -280,33 +262,31 @@ impl Runner {
             f.set_modified(std::time::SystemTime::now()).context("touch train.rs")?;
         }
         let tc = &self.toolchain;
-        let cargo_dir = tc.cargo.parent().unwrap_or(Path::new("/usr/bin"));
-        let mut env = vec![
+        let env = vec![
             (
                 "PATH".into(),
-                format!("{}:{}:/usr/local/bin:/usr/bin:/bin", self.pyenv.bin().display(), cargo_dir.display()),
+                format!(
+                    "{}:{}:/usr/local/bin:/usr/bin:/bin",
+                    self.pyenv.bin().display(),
+                    tc.sysroot.join("bin").display()
+                ),
             ),
             ("CARGO_HOME".into(), tc.cargo_home.display().to_string()),
             ("CARGO_TARGET_DIR".into(), self.target_dir().display().to_string()),
             ("CARGO_TERM_COLOR".into(), "never".into()),
             ("LIBTORCH_USE_PYTORCH".into(), "1".into()),
         ];
-        if let Some(h) = &tc.rustup_home {
-            env.push(("RUSTUP_HOME".into(), h.display().to_string()));
-        }
-        if let Some(t) = &tc.rustup_toolchain {
-            env.push(("RUSTUP_TOOLCHAIN".into(), t.clone()));
-        }
         let args = ["build", "--release", "--offline", "--locked", "--bin", bin, "--manifest-path"]
             .iter()
             .map(|s| s.to_string())
             .chain([self.paths.trainer().join("Cargo.toml").display().to_string()])
             .collect();
         let timeout = Duration::from_secs(self.config.experiment.build_timeout_seconds);
-        // Reads: the trainer's sources, the toolchain, the Python environment (torch-sys asks its python
-        // where libtorch is, and that python's own installation). Writes: the target dir.
-        let mut read_only = vec![self.paths.trainer(), tc.cargo_home.clone(), self.pyenv.dir.clone()];
-        read_only.extend(tc.rustup_home.clone());
+        // Reads: the trainer's sources, the toolchain's sysroot, the locked crates (not CARGO_HOME: see
+        // crate::toolchain), the Python environment (torch-sys asks its python where libtorch is, and
+        // that python's own installation). Writes: the target dir, handed to the build's user.
+        let mut read_only = vec![self.paths.trainer(), tc.sysroot.clone(), self.pyenv.dir.clone()];
+        read_only.extend(tc.registry_view(&self.paths.trainer().join("Cargo.lock"))?);
         read_only.extend(self.pyenv.python_prefix());
         let mut job = self.job("build", tc.cargo.clone(), args, env, dir, (timeout, 8 << 30));
         job.read_only = read_only;
@@ -603,45 +583,120 @@ impl Runner {
             return Ok(None);
         }
 
-        // 3 and 4. Embed images and texts in separate processes, each seeing one shuffled half.
+        // 3 to 5. Embed each half of a fresh deal of validation in its own process, score here.
+        let eval =
+            self.evaluate(&trainer, &data.val_file(), data.val_n, &ckpt, run_dir, seed, label, cancel, phase).await?;
+        add(&mut o.phases.embed_images, eval.embed_images);
+        add(&mut o.phases.embed_texts, eval.embed_texts);
+        add(&mut o.phases.score, eval.score);
+        match eval.result {
+            Ok(m) => Ok(Some(m)),
+            Err((status, message)) => {
+                o.status = status;
+                o.message = Some(message);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What the two embed phases and the score of one evaluation gave, with their times in seconds.
+pub(crate) struct Evaluation {
+    pub embed_images: f64,
+    pub embed_texts: f64,
+    pub score: f64,
+    /// The metrics, or why there are none (the status to record and the agent's message).
+    pub result: std::result::Result<Metrics, (RunStatus, String)>,
+}
+
+impl Runner {
+    /// Embeds the evaluation split `split` (`n` pairs) with `trainer` and the checkpoint `ckpt`, and
+    /// scores it here. The split is dealt anew into two halves in fresh secret orders; images and texts
+    /// are embedded by two sandboxed processes, one after the other, that share nothing they could
+    /// signal through: the texts phase gets its own copy of the binary and the checkpoint, and the page
+    /// cache of every file the images phase opened is evicted before it starts. The halves and copies
+    /// are removed afterwards. Also used by `report --test`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn evaluate(
+        &self,
+        trainer: &Path,
+        split: &Path,
+        n: usize,
+        ckpt: &Path,
+        run_dir: &Path,
+        seed: u64,
+        label: &str,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Result<Evaluation> {
+        let mut eval = Evaluation {
+            embed_images: 0.0,
+            embed_texts: 0.0,
+            score: 0.0,
+            result: Err((RunStatus::Crashed, String::new())),
+        };
+        // Outside both phases' writable folders; removed when the evaluation ends, however it ends.
+        let private = run_dir.join("evaluation");
+        let _ = std::fs::remove_dir_all(&private);
+        let _cleanup = RemoveOnDrop(private.clone());
+        let halves = data::deal_halves(split, n, &private.join("halves"))?;
+        let copies = private.join("embed-texts");
+        std::fs::create_dir_all(&copies)?;
+        let (texts_trainer, texts_ckpt) = (copies.join("train"), copies.join("checkpoint.safetensors"));
+        std::fs::copy(trainer, &texts_trainer).context("copy the trainer for embed-texts")?;
+        std::fs::copy(ckpt, &texts_ckpt).context("copy the checkpoint for embed-texts")?;
         let mut files = vec![];
-        for (name, input) in [("embed-images", data.val_images()), ("embed-texts", data.val_texts())] {
+        let phases = [
+            ("embed-images", trainer, halves.images.as_path(), ckpt),
+            ("embed-texts", texts_trainer.as_path(), halves.texts.as_path(), texts_ckpt.as_path()),
+        ];
+        for (name, trainer, input, ckpt) in phases {
             let _ = phase.send(format!("embedding ({name}){label}"));
             let dir = run_dir.join(name);
-            let job = self.embed_job(name, &trainer, &input, &ckpt, &dir, seed)?;
-            let r = self.sandbox.run(&job, cancel).await?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let job = self.embed_job(name, trainer, input, ckpt, &dir, seed)?;
+            let r = if name == "embed-images" {
+                // Whatever it left in the page cache must not reach embed-texts.
+                crate::sandbox::pagecache::run_then_evict(self.sandbox.as_ref(), &job, cancel).await?
+            } else {
+                self.sandbox.run(&job, cancel).await?
+            };
             let secs = r.wall.as_secs_f64();
-            add(if name == "embed-images" { &mut o.phases.embed_images } else { &mut o.phases.embed_texts }, secs);
+            *(if name == "embed-images" { &mut eval.embed_images } else { &mut eval.embed_texts }) = secs;
             if let Some(stop) = stopped(&r, RunStatus::Crashed) {
-                o.status = stop;
                 // Only the status: embed output could carry validation data.
-                o.message = Some(format!(
-                    "{name} {}; its output is withheld (it may contain validation data). Check encode_image/encode_text in train.rs.",
+                let message = format!(
+                    "{name}{label} {}; its output is withheld (it may contain evaluation data). Check encode_image/encode_text in train.rs.",
                     r.describe()
-                ));
-                return Ok(None);
+                );
+                eval.result = Err((stop, message));
+                return Ok(eval);
             }
             files.push(dir.join("embeddings.safetensors"));
         }
 
-        // 5. Score, here.
         let _ = phase.send(format!("scoring{label}"));
         let t = Instant::now();
-        let pairing = data.pairing()?;
         let scored = (|| -> Result<Metrics> {
-            let img = score::load_embeddings(&files[0], "image", data.val_n)?.unshuffle(&pairing.image_order);
-            let txt = score::load_embeddings(&files[1], "text", data.val_n)?.unshuffle(&pairing.text_order);
+            let img = score::load_embeddings(&files[0], "image", n)?.unshuffle(&halves.pairing.image_order);
+            let txt = score::load_embeddings(&files[1], "text", n)?.unshuffle(&halves.pairing.text_order);
             Ok(score::score(&img, &txt)?)
         })();
-        add(&mut o.phases.score, t.elapsed().as_secs_f64());
-        match scored {
-            Ok(m) => Ok(Some(m)),
-            Err(e) => {
-                o.status = RunStatus::InvalidOutput;
-                o.message = Some(format!("the embeddings{label} cannot be scored: {e:#}. This counts as a crash."));
-                Ok(None)
-            }
-        }
+        eval.score = t.elapsed().as_secs_f64();
+        eval.result = scored.map_err(|e| {
+            let message = format!("the embeddings{label} cannot be scored: {e:#}. This counts as a crash.");
+            (RunStatus::InvalidOutput, message)
+        });
+        Ok(eval)
+    }
+}
+
+/// Removes a folder when dropped (the evaluation's private inputs, whatever path the code takes).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -679,6 +734,7 @@ fn stopped(r: &JobOutcome, failed: RunStatus) -> Option<RunStatus> {
         JobEnd::Exited(0) => None,
         JobEnd::Cancelled => Some(RunStatus::Cancelled),
         JobEnd::TimedOut => Some(RunStatus::Timeout),
+        JobEnd::QuotaExceeded => Some(RunStatus::Crashed),
         _ => Some(failed),
     }
 }

@@ -5,9 +5,11 @@
 //! - [`server`]: the MCP layer. Six tools, each a thin typed method over [`service`].
 //! - [`service`]: what each tool does, its refusals, and the audit record every call writes.
 //! - [`experiment`]: one experiment: build → train → embed images → embed texts → score.
-//! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill).
+//! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill;
+//!   `docker`; the disk quota; the page-cache reset between the embed phases).
+//! - [`toolchain`]: the Rust toolchain and the locked crates the sandboxed build may read.
 //! - [`score`]: retrieval metrics computed by the server from the embeddings, outside any sandbox.
-//! - [`data`]: the prepared tensor cache and the private validation pairing.
+//! - [`data`]: the prepared tensor cache, and each evaluation's fresh deal of the split into halves.
 //! - [`workspace`]: the git repository (git2), `train.rs` read/write, commit and revert.
 //! - [`edit`]: the text operations of `edit_train` (view, str_replace, insert).
 //! - [`ledger`]: `.autoresearch/runs.jsonl`, the append-only record of every run.
@@ -48,6 +50,7 @@ pub mod status;
 pub mod supervisor;
 pub mod synth;
 pub mod test_split;
+pub mod toolchain;
 pub mod train_config;
 pub mod untrusted;
 pub mod workspace;

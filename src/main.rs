@@ -9,8 +9,8 @@ use autoresearch_mcp::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The sandbox helper must stay single-threaded (it forks): handle it before any runtime starts.
-    if let Command::SandboxExec { spec } = &cli.command {
-        std::process::exit(autoresearch_mcp::sandbox::local::exec_main(spec));
+    if let Command::SandboxExec = &cli.command {
+        std::process::exit(autoresearch_mcp::sandbox::local::exec_main());
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -2,10 +2,10 @@
 //! loop ever mounts, so the researcher sees whether the validation gains of the night hold.
 //!
 //! The test split is prepared with the rest of the dataset (`prepared/test.safetensors`, when the
-//! dataset has one) and is handed out exactly like validation: two files, images and texts, each in its
-//! own secret row order ([`crate::data::write_halves`]), the orders kept in `private/test_pairing.json`.
-//! Each run's own trainer (`runs/<id>/bin/train`) embeds them from its own checkpoint in two sandboxed
-//! processes ([`Runner::embed_job`]), and the server scores the embeddings ([`crate::score`]).
+//! dataset has one) and is handed out exactly like validation ([`Runner::evaluate`]): dealt anew for
+//! every scoring into two files, images and texts, each in its own secret row order that only the
+//! server's memory holds; each run's own trainer (`runs/<id>/bin/train`) embeds them from its own
+//! checkpoint in two sandboxed processes, and the server scores the embeddings ([`crate::score`]).
 //!
 //! Results go to `.autoresearch/test_scores.json`, which `report` (test columns, `test.md`, a section
 //! of report.html) and `export` (the model card) read. A run is scored again only when its checkpoint
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::data::{self, Pairing, Prepared};
+use crate::data::{self, Prepared};
 use crate::experiment::{Runner, Toolchain};
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 use crate::ledger::{Ledger, Run};
@@ -32,7 +32,7 @@ use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::report::Kind;
 use crate::sandbox::Sandbox;
-use crate::score::{self, Metrics};
+use crate::score::Metrics;
 use crate::workspace::WorkspaceState;
 
 /// Where the test scores are kept, inside `.autoresearch/`.
@@ -125,12 +125,10 @@ impl TestScores {
     }
 }
 
-/// The shuffled halves of the test split in a prepared cache folder.
+/// The prepared test split of a cache folder; every scoring deals it anew ([`data::deal_halves`]).
 #[derive(Debug, Clone)]
 pub struct TestSplit {
-    pub images: PathBuf,
-    pub texts: PathBuf,
-    pub pairing: Pairing,
+    pub source: PathBuf,
     pub n: usize,
     pub hash: String,
 }
@@ -141,9 +139,8 @@ struct TestReady {
     n: usize,
 }
 
-/// The test halves of the cache `prepared`, written on first use: `phase/test_images.safetensors`,
-/// `phase/test_texts.safetensors` and `private/test_pairing.json`. Under a lock, so two reports never
-/// write a pairing that does not match the files.
+/// The test split of the cache `prepared`, checked and hashed on first use (`private/test_ready.json`).
+/// Under a lock, so two reports never write it at once.
 pub fn ensure_test_split(prepared: &Prepared) -> Result<TestSplit> {
     let dir = &prepared.dir;
     let source = prepared.prepared_dir().join("test.safetensors");
@@ -156,23 +153,10 @@ pub fn ensure_test_split(prepared: &Prepared) -> Result<TestSplit> {
     }
     let lock = std::fs::File::create(dir.join(".test-split.lock"))?;
     fs2::FileExt::lock_exclusive(&lock).context("lock the prepared data folder")?;
-    let split = TestSplit {
-        images: dir.join("phase/test_images.safetensors"),
-        texts: dir.join("phase/test_texts.safetensors"),
-        pairing: Pairing { image_order: vec![], text_order: vec![] },
-        n: 0,
-        hash: String::new(),
-    };
-    let (pairing_file, ready_file) = (dir.join("private/test_pairing.json"), dir.join("private/test_ready.json"));
+    let ready_file = dir.join("private/test_ready.json");
     let ready: Option<TestReady> = std::fs::read(&ready_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(ready) = ready
-        && split.images.is_file()
-        && split.texts.is_file()
-        && let Ok(bytes) = std::fs::read(&pairing_file)
-        && let Ok(pairing) = serde_json::from_slice::<Pairing>(&bytes)
-        && pairing.image_order.len() == ready.n
-    {
-        return Ok(TestSplit { pairing, n: ready.n, hash: ready.hash, ..split });
+    if let Some(ready) = ready {
+        return Ok(TestSplit { source, n: ready.n, hash: ready.hash });
     }
     let bytes = read_capped(&source, data::MAX_SPLIT_BYTES).context("read the prepared test split")?;
     let st = SafeTensors::deserialize(&bytes).context("parse test.safetensors")?;
@@ -185,11 +169,10 @@ pub fn ensure_test_split(prepared: &Prepared) -> Result<TestSplit> {
     if n < 2 {
         bail!("the test split has {n} usable pairs: too few to rank");
     }
-    let pairing = data::write_halves(dir, "test", &st)?;
-    write_atomic(&pairing_file, serde_json::to_string(&pairing)?.as_bytes())?;
     let hash = sha256_hex(&bytes)[..16].to_string();
+    std::fs::create_dir_all(dir.join("private"))?;
     write_atomic(&ready_file, serde_json::to_string(&TestReady { hash: hash.clone(), n })?.as_bytes())?;
-    Ok(TestSplit { pairing, n, hash, ..split })
+    Ok(TestSplit { source, n, hash })
 }
 
 /// Holds the workspace's one-server lock: test scoring would compete with a server's runs for the
@@ -390,20 +373,13 @@ async fn score_run(
     let out = run_dir.join("test");
     // Nothing of an earlier attempt may be read back as this one's output.
     let _ = std::fs::remove_dir_all(&out);
-    let mut files = vec![];
-    for (name, input) in [("embed-images", &test.images), ("embed-texts", &test.texts)] {
-        let dir = out.join(name);
-        let job = runner.embed_job(name, &trainer, input, &ckpt, &dir, run.seed)?;
-        let r = runner.sandbox.run(&job, cancel).await?;
-        if !r.success() {
-            // Only the status: embed output could carry test data.
-            bail!("{name} {} (log: {})", r.describe(), paths.relative(&job.log).display());
-        }
-        files.push(dir.join("embeddings.safetensors"));
+    let (phase, _) = tokio::sync::watch::channel(String::new());
+    let eval = runner.evaluate(&trainer, &test.source, test.n, &ckpt, &out, run.seed, "", cancel, &phase).await?;
+    match eval.result {
+        Ok(m) => row.metrics = Some(m),
+        // Only the status: embed output could carry test data.
+        Err((status, why)) => bail!("{} ({status:?}; logs in {})", why, paths.relative(&out).display()),
     }
-    let img = score::load_embeddings(&files[0], "image", test.n)?.unshuffle(&test.pairing.image_order);
-    let txt = score::load_embeddings(&files[1], "text", test.n)?.unshuffle(&test.pairing.text_order);
-    row.metrics = Some(score::score(&img, &txt).context("invalid test embeddings")?);
     row.scored_at = Some(Utc::now());
     Ok(())
 }

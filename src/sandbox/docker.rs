@@ -166,7 +166,7 @@ impl Sandbox for DockerSandbox {
         })
     }
 
-    fn run<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<JobOutcome>> {
+    fn execute<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<JobOutcome>> {
         Box::pin(self.run_job(job, cancel))
     }
 }

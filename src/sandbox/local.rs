@@ -1,7 +1,8 @@
 //! The `local` backend, for machines without Docker. The server re-executes its own binary as
-//! `autoresearch-mcp sandbox-exec <job>` inside fresh network, PID and mount namespaces (plus a user
-//! namespace when not root). That helper brings up loopback (the only interface: no route out),
-//! mounts a private `/proc`, and forks the namespace's init, which forks the job with a cleared
+//! `autoresearch-mcp sandbox-exec` inside fresh network, PID, mount, IPC, UTS and cgroup namespaces
+//! (plus a user namespace when not root), handing it the job on stdin (never on the command line,
+//! which the job could read as PID 1's). That helper brings up loopback (the only interface: no
+//! route out), names the host `sandbox`, mounts a private `/proc`, and forks the namespace's init, which forks the job with a cleared
 //! environment, rlimits and dangerous capabilities dropped. When the job's main process exits, or the
 //! helper is killed (timeout, cancel, server death: each parent sets PDEATHSIG), the init dies and the
 //! kernel kills everything left in the PID namespace, daemons that called setsid included.
@@ -72,7 +73,7 @@ impl Sandbox for LocalSandbox {
         }
     }
 
-    fn run<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<JobOutcome>> {
+    fn execute<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<JobOutcome>> {
         Box::pin(self.run_job(job, cancel))
     }
 }
@@ -88,12 +89,7 @@ impl LocalSandbox {
             .map_err(|e| anyhow::anyhow!("refusing to run {} without resource limits: {e:#}", job.phase))?;
         let procs = cgroup.procs_files().iter().map(|p| super::root::cstr(p)).collect::<Result<Vec<_>>>()?;
         let mut cmd = tokio::process::Command::from(namespaced_command(&self.helper, procs));
-        cmd.arg("sandbox-exec")
-            .arg(spec)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.arg("sandbox-exec").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
             anyhow::anyhow!(
@@ -102,6 +98,10 @@ impl LocalSandbox {
                 job.phase
             )
         })?;
+        // The job spec goes through a pipe: the helper reads it to EOF before anything else.
+        let mut stdin = child.stdin.take().context("stdin")?;
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, spec.as_bytes()).await.context("hand the job to the helper")?;
+        drop(stdin);
         let sink = Arc::new(Mutex::new(LogSink::create(&job.log, job.log_cap)?));
         let readers = [
             spawn_reader(child.stdout.take().context("stdout")?, sink.clone()),
@@ -140,12 +140,27 @@ impl LocalSandbox {
     }
 }
 
+/// The namespaces every job gets: no network, its own PIDs and mounts, no SysV/POSIX IPC objects
+/// shared with the host or another job (they vanish with the namespace), its own host name, and
+/// its own cgroup as `/` (it joins the cgroup before unsharing).
+pub const NAMESPACES: libc::c_int = libc::CLONE_NEWNET
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP;
+
+/// The namespaces of [`NAMESPACES`], by name (for `doctor`).
+pub const NAMESPACE_NAMES: &str = "network, PID, mount, IPC, UTS, cgroup";
+
 /// A command for the helper that will start in new namespaces: the `unshare` happens in the forked
 /// child just before exec, so the server itself never changes namespace.
 /// Before exec, the child joins the job's cgroup (`cgroup_procs`), so all it starts is counted.
 fn namespaced_command(helper: &std::path::Path, cgroup_procs: Vec<CString>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(helper);
+    // What the job sees as PID 1's command line: no host path.
+    cmd.arg0("autoresearch-sandbox");
     cmd.env_clear();
     let uid = unsafe { libc::geteuid() };
     let gid = unsafe { libc::getegid() };
@@ -174,7 +189,7 @@ fn namespaced_command(helper: &std::path::Path, cgroup_procs: Vec<CString>) -> s
                 let n = id_map(&mut buf, gid);
                 write_proc(b"/proc/self/gid_map\0", &buf[..n]);
             }
-            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
+            if libc::unshare(NAMESPACES) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -302,9 +317,21 @@ const DROPPED_CAPS: &[u32] = &[
     39, // CAP_BPF
 ];
 
-/// Entry point of the helper. Returns the exit code to exit with.
-pub fn exec_main(spec: &str) -> i32 {
-    match exec_inner(spec) {
+/// Largest job spec the helper reads from stdin.
+const MAX_SPEC: u64 = 16 << 20;
+
+/// Entry point of the helper: the job spec arrives on stdin. Returns the exit code to exit with.
+pub fn exec_main() -> i32 {
+    let spec = (|| -> Result<String> {
+        let mut spec = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), MAX_SPEC), &mut spec)
+            .context("read the job spec from stdin")?;
+        // The job's stdin is /dev/null, as before.
+        let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+        nix::unistd::dup2_stdin(&null).context("stdin from /dev/null")?;
+        Ok(spec)
+    })();
+    match spec.and_then(|s| exec_inner(&s)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sandbox: {e:#}");
@@ -316,6 +343,10 @@ pub fn exec_main(spec: &str) -> i32 {
 fn exec_inner(spec: &str) -> Result<i32> {
     let job: Job = serde_json::from_str(spec).context("parse job spec")?;
     loopback_up().context("bring up loopback in the new network namespace")?;
+    // SAFETY: a valid buffer and its length.
+    if unsafe { libc::sethostname(b"sandbox".as_ptr() as *const libc::c_char, 7) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("name the sandbox's UTS namespace");
+    }
     // Mounts made below must not leak back to the host.
     nix::mount::mount(
         None::<&str>,

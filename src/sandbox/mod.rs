@@ -6,6 +6,8 @@ pub mod cgroup;
 pub mod docker;
 pub mod landlock;
 pub mod local;
+pub mod pagecache;
+pub mod quota;
 pub mod root;
 pub mod seccomp;
 
@@ -44,6 +46,8 @@ pub struct Job {
     pub limits: cgroup::Limits,
     /// Run as uid/gid nobody (when the server is root); its writable folders are handed to it.
     pub unprivileged: bool,
+    /// Most bytes the job may add to its writable folders (0 = no quota): see [`quota`].
+    pub disk_quota_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +57,8 @@ pub enum JobEnd {
     Signaled(i32),
     TimedOut,
     Cancelled,
+    /// Killed for writing more than its disk quota; what it wrote was removed.
+    QuotaExceeded,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +85,7 @@ impl JobOutcome {
             JobEnd::Signaled(s) => format!("killed by signal {s}"),
             JobEnd::TimedOut => format!("killed after its {} s limit", self.wall.as_secs()),
             JobEnd::Cancelled => "cancelled".into(),
+            JobEnd::QuotaExceeded => "killed: disk quota exceeded (what it wrote was removed)".into(),
         }
     }
 }
@@ -93,8 +100,24 @@ pub fn prepare_scratch(job: &Job) -> anyhow::Result<()> {
     }
     if job.unprivileged && nix::unistd::geteuid().is_root() {
         for d in job.writable.iter().chain(&private) {
-            std::os::unix::fs::chown(d, Some(local::NOBODY), Some(local::NOBODY))
-                .with_context(|| format!("chown {} to nobody", d.display()))?;
+            hand_over(d).with_context(|| format!("hand {} to nobody", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir` and everything in it nobody's (a shared folder such as the build's target dir may
+/// hold files a root build left), touching only what is not already.
+fn hand_over(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.uid() != local::NOBODY || meta.gid() != local::NOBODY {
+            std::os::unix::fs::lchown(&p, Some(local::NOBODY), Some(local::NOBODY))?;
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p)?.flatten().map(|e| e.path()));
         }
     }
     Ok(())
@@ -106,5 +129,10 @@ pub trait Sandbox: Send + Sync {
     fn name(&self) -> &'static str;
     /// Checks that isolation can be established here; the message says what is missing.
     fn check(&self) -> anyhow::Result<()>;
-    fn run<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, anyhow::Result<JobOutcome>>;
+    /// Runs the job as this backend does; callers use [`Sandbox::run`], which adds the disk quota.
+    fn execute<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, anyhow::Result<JobOutcome>>;
+    /// Runs the job with its disk quota enforced ([`quota::enforce`]).
+    fn run<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, anyhow::Result<JobOutcome>> {
+        Box::pin(quota::enforce(self, job, cancel))
+    }
 }

@@ -1,6 +1,8 @@
 //! The seccomp deny list every job runs under: system calls that could leave or widen the sandbox
 //! (namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading, file
-//! handles) fail with EPERM. `clone3` fails with ENOSYS (its flags sit in memory a filter cannot
+//! handles) fail with EPERM, and so do the ones that would let two phases talk or read the page
+//! cache's state: SysV IPC and POSIX message queues (a job has its own IPC namespace as well),
+//! `mincore`, `cachestat` and reads with `RWF_NOWAIT`. `clone3` fails with ENOSYS (its flags sit in memory a filter cannot
 //! read), so libc falls back to `clone`, whose namespace flags are checked.
 
 use std::collections::BTreeMap;
@@ -47,7 +49,35 @@ const DENIED: &[i64] = &[
     libc::SYS_reboot,
     libc::SYS_acct,
     libc::SYS_quotactl,
+    // SysV IPC and POSIX message queues: nothing the trainer, the compiler or libtorch needs.
+    libc::SYS_shmget,
+    libc::SYS_shmat,
+    libc::SYS_shmdt,
+    libc::SYS_shmctl,
+    libc::SYS_msgget,
+    libc::SYS_msgsnd,
+    libc::SYS_msgrcv,
+    libc::SYS_msgctl,
+    libc::SYS_semget,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_semctl,
+    libc::SYS_mq_open,
+    libc::SYS_mq_unlink,
+    libc::SYS_mq_timedsend,
+    libc::SYS_mq_timedreceive,
+    libc::SYS_mq_notify,
+    libc::SYS_mq_getsetattr,
+    // Page-cache residency oracles (an embed phase could read what the other one left there).
+    libc::SYS_mincore,
+    SYS_CACHESTAT,
 ];
+
+/// `cachestat(2)` (Linux 6.5), the same number on every architecture; not in every libc crate yet.
+const SYS_CACHESTAT: i64 = 451;
+
+/// `RWF_NOWAIT`: a read that fails instead of waiting for the disk tells whether pages are cached.
+const RWF_NOWAIT: u64 = 0x8;
 
 /// `clone` flags that create namespaces.
 const NAMESPACE_FLAGS: &[u64] = &[
@@ -72,6 +102,11 @@ pub fn programs() -> Result<Vec<BpfProgram>> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
+    // preadv2/pwritev2(fd, iov, iovcnt, pos_l, pos_h, flags): the flags are the sixth argument.
+    for nr in [libc::SYS_preadv2, libc::SYS_pwritev2] {
+        let nowait = SeccompCondition::new(5, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(RWF_NOWAIT), RWF_NOWAIT)?;
+        rules.insert(nr, vec![SeccompRule::new(vec![nowait])?]);
+    }
     let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)?;
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into_iter().collect(),

@@ -93,6 +93,7 @@ impl Dirs {
             writable: vec![self.scratch.clone()],
             limits: Limits { memory_bytes: 256 << 20, pids: 64, cpus: 1.0 },
             unprivileged: true,
+            disk_quota_bytes: 0,
         }
     }
 }

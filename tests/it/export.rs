@@ -53,6 +53,12 @@ fn report_test(ws: &Ws) -> String {
 }
 
 /// The prepared cache folder of the workspace (one: fixed split, one tokenizer).
+/// The validation size of the workspace's prepared data.
+fn s_val_n(ws: &Ws) -> usize {
+    let ready: Value = serde_json::from_slice(&std::fs::read(cache_dir(ws).join("ready.json")).unwrap()).unwrap();
+    ready["val_n"].as_u64().unwrap() as usize
+}
+
 fn cache_dir(ws: &Ws) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(ws.state("data")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
@@ -82,16 +88,11 @@ async fn report_test_scores_the_baseline_and_kept_runs_on_the_test_split() {
     assert!(stdout.contains("| 1 | r0001 | baseline |"), "{stdout}");
     assert!(stdout.contains("not scored: its trainer binary"), "{stdout}");
 
-    // The test split went out like validation: two separately shuffled halves, the pairing private.
-    let cache = cache_dir(&ws);
-    for f in ["phase/test_images.safetensors", "phase/test_texts.safetensors", "private/test_pairing.json"] {
-        assert!(cache.join(f).is_file(), "{f}");
-    }
-    let pairing: Value =
-        serde_json::from_slice(&std::fs::read(cache.join("private/test_pairing.json")).unwrap()).unwrap();
-    let order: Vec<u64> = pairing["image_order"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert_eq!(order.len() as u64, s["test_n"].as_u64().unwrap());
-    assert!(order.iter().enumerate().any(|(i, &o)| i as u64 != o), "the test images are shuffled");
+    // The test split went out like validation: dealt into halves for the scoring, the pairing only in
+    // the server's memory; neither is left on disk.
+    assert!(cache_dir(&ws).join("private/test_ready.json").is_file());
+    let left = files_under(&ws.state(""));
+    assert!(!left.iter().any(|f| f.contains("pairing") || f.contains("/evaluation/")), "{left:?}");
 
     // With the binary back: r0002 is scored, r0001 is not redone (same checkpoint, same test split).
     std::fs::rename(ws.state("runs/r0002/bin.away"), &bin).unwrap();
@@ -125,6 +126,19 @@ fn python() -> PathBuf {
 }
 
 /// Runs `trainer`'s `embed-images` phase as a plain process (the contract's environment, no sandbox).
+/// Every file under `dir`, as strings.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() { stack.push(p) } else { out.push(p.display().to_string()) }
+        }
+    }
+    out
+}
+
 fn embed_images(trainer: &Path, checkpoint: &Path, data: &Path, out: &Path) -> Vec<f32> {
     std::fs::create_dir_all(out).unwrap();
     let r = Command::new(trainer)
@@ -193,9 +207,9 @@ async fn export_round_trips_through_the_trainers_loader() {
     assert_eq!(base_card["commit"], card["baseline_commit"]);
 
     // The exported file through the trainer's own loader gives exactly the original checkpoint's
-    // embeddings, and those of the run's sandboxed embed phase.
+    // embeddings, and those of the run's sandboxed embed phase (in that run's own row order).
     let trainer = ws.state("runs/r0002/bin/train");
-    let val_images = cache_dir(&ws).join("phase/val_images.safetensors");
+    let val_images = cache_dir(&ws).join("prepared/val.safetensors");
     let tmp = tempfile::tempdir().unwrap();
     let exported = embed_images(&trainer, &best.join("model.safetensors"), &val_images, &tmp.path().join("a"));
     let original = embed_images(
@@ -208,7 +222,16 @@ async fn export_round_trips_through_the_trainers_loader() {
     assert_eq!(exported, original, "the exported model embeds exactly as the checkpoint");
     let in_run = embeddings(&ws.state("runs/r0002/embed-images/embeddings.safetensors"));
     assert_eq!(in_run.len(), exported.len());
-    let worst = in_run.iter().zip(&exported).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let n = s_val_n(&ws);
+    let d = exported.len() / n;
+    // Each row the run embedded is some validation image's row of the exported model.
+    let closest = |row: &[f32]| {
+        exported
+            .chunks_exact(d)
+            .map(|e| e.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max))
+            .fold(f32::MAX, f32::min)
+    };
+    let worst = in_run.chunks_exact(d).map(closest).fold(0f32, f32::max);
     assert!(worst < 1e-4, "the run's own embeddings differ by {worst}");
 
     // And through PyTorch, as the card says: the reference port loads it strictly and embeds alike.
@@ -273,7 +296,7 @@ async fn report_test_scores_a_cross_validated_run_with_its_first_fold() {
     let with_test = std::fs::read_dir(ws.state("data"))
         .unwrap()
         .flatten()
-        .filter(|e| e.path().join("private/test_pairing.json").is_file())
+        .filter(|e| e.path().join("private/test_ready.json").is_file())
         .count();
-    assert_eq!(with_test, 1, "one cache holds the test halves: the fixed split's");
+    assert_eq!(with_test, 1, "one cache holds the checked test split: the fixed split's");
 }
