@@ -23,7 +23,8 @@ pub enum Flag {
 }
 
 impl Flag {
-    /// One sentence for the agent.
+    /// One sentence for the agent; `delta` and `floor` as the agent sees them
+    /// ([`agent_delta`](crate::score::agent_delta), [`round_rank`](crate::score::round_rank)).
     pub fn explain(self, delta: Option<f64>, floor: Option<f64>) -> String {
         match self {
             Flag::WithinNoiseFloor => format!(
@@ -86,7 +87,8 @@ pub fn flags(m: &Metrics, best_kept: Option<f64>, floor: Option<f64>) -> Vec<Fla
     f
 }
 
-/// `12.34 ± 0.56 (n=3)`, or `12.34` for one sample.
+/// `12.34 ± 0.56 (n=3)`, or `12.34` for one sample. For the agent, give it [`Metrics::for_agent`]:
+/// the sd then comes from the rounded seeds too.
 pub fn mean_pm(m: &Metrics) -> String {
     match sd(&m.seeds) {
         Some(s) => format!("{:.2} ± {s:.2} (n={})", m.mean_rank, m.seeds.len()),

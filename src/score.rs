@@ -95,6 +95,58 @@ impl Metrics {
     pub fn seed_ignored(&self) -> bool {
         self.seeds.len() > 1 && self.seeds.iter().all(|s| (s - self.seeds[0]).abs() < 1e-9)
     }
+
+    /// The metrics as the agent sees them: mean ranks (folds and seeds too) to two decimals, the
+    /// median to one, recalls to one (percent). Exact ranks would be a score oracle: crafted
+    /// embeddings could read the private validation pairing off them. The ledger keeps full precision.
+    pub fn for_agent(&self) -> Metrics {
+        let ranks = |v: &[f64]| v.iter().copied().map(round_rank).collect();
+        Metrics {
+            mean_rank: round_rank(self.mean_rank),
+            median_rank: round_to(self.median_rank, MEDIAN_DECIMALS),
+            i2t_mean_rank: round_rank(self.i2t_mean_rank),
+            t2i_mean_rank: round_rank(self.t2i_mean_rank),
+            i2t_r1: round_recall(self.i2t_r1),
+            i2t_r5: round_recall(self.i2t_r5),
+            i2t_r10: round_recall(self.i2t_r10),
+            t2i_r1: round_recall(self.t2i_r1),
+            t2i_r5: round_recall(self.t2i_r5),
+            t2i_r10: round_recall(self.t2i_r10),
+            n: self.n,
+            random_mean_rank: self.random_mean_rank,
+            folds: ranks(&self.folds),
+            seeds: ranks(&self.seeds),
+        }
+    }
+}
+
+// The agent's resolution: the one rule for every number derived from a score that reaches the agent.
+
+/// Decimals of mean ranks, their deltas and spreads (sd, noise floor) shown to the agent.
+pub const RANK_DECIMALS: i32 = 2;
+/// Decimals of the median rank (an integer or .5 anyway) and of recalls in percent.
+pub const MEDIAN_DECIMALS: i32 = 1;
+pub const RECALL_DECIMALS: i32 = 1;
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// A mean rank (or a spread of mean ranks) at the agent's resolution.
+pub fn round_rank(x: f64) -> f64 {
+    round_to(x, RANK_DECIMALS)
+}
+
+/// A recall (percent) at the agent's resolution.
+pub fn round_recall(x: f64) -> f64 {
+    round_to(x, RECALL_DECIMALS)
+}
+
+/// `a - b` as the agent sees it: the difference of the rounded values, so that it tells nothing
+/// round(a) and round(b) do not already tell.
+pub fn agent_delta(a: f64, b: f64) -> f64 {
+    round_rank(round_rank(a) - round_rank(b))
 }
 
 /// Why a pair of embedding files is not a score.
@@ -302,6 +354,65 @@ mod tests {
                 || parse_embeddings(&safetensors::serialize([("embeddings", v.unwrap())], None).unwrap(), "image", 10)
                     .is_err()
         );
+    }
+
+    /// Digits after the point in `x`'s shortest round-trip form (what JSON and `{}` print).
+    fn decimals(x: f64) -> usize {
+        format!("{x}").split_once('.').map_or(0, |(_, frac)| frac.len())
+    }
+
+    #[test]
+    fn rounding_rules() {
+        assert_eq!(round_rank(12.345678), 12.35);
+        assert_eq!(round_rank(12.344999), 12.34);
+        assert_eq!(round_rank(7.0), 7.0);
+        assert_eq!(round_recall(33.333333), 33.3);
+        assert_eq!(round_recall(66.666666), 66.7);
+        assert_eq!(round_to(12.5, MEDIAN_DECIMALS), 12.5);
+    }
+
+    #[test]
+    fn the_agent_view_shows_only_the_allowed_decimals() {
+        let exact = Metrics {
+            mean_rank: 12.345678901,
+            median_rank: 10.5,
+            i2t_mean_rank: 11.111111111,
+            t2i_mean_rank: 13.580246913,
+            i2t_r1: 100.0 / 3.0,
+            i2t_r5: 200.0 / 3.0,
+            i2t_r10: 71.428571428,
+            t2i_r1: 100.0 / 7.0,
+            t2i_r5: 55.555555555,
+            t2i_r10: 81.818181818,
+            n: 333,
+            random_mean_rank: 166.0,
+            folds: vec![11.123456, 13.567891],
+            seeds: vec![12.0000001, 12.691357802],
+        };
+        let m = exact.for_agent();
+        let ranks =
+            [m.mean_rank, m.i2t_mean_rank, m.t2i_mean_rank].into_iter().chain(m.folds.clone()).chain(m.seeds.clone());
+        for r in ranks {
+            assert!(decimals(r) <= 2, "{r}");
+        }
+        for r in [m.median_rank, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10] {
+            assert!(decimals(r) <= 1, "{r}");
+        }
+        assert_eq!((m.mean_rank, m.i2t_r1, m.t2i_r10, m.median_rank), (12.35, 33.3, 81.8, 10.5));
+        assert_eq!((m.folds, m.seeds), (vec![11.12, 13.57], vec![12.0, 12.69]));
+        assert_eq!((m.n, m.random_mean_rank), (333, 166.0));
+        // The JSON the agent receives carries the same digits.
+        let json = serde_json::to_string(&exact.for_agent()).unwrap();
+        assert!(json.contains("\"mean_rank\":12.35,") && !json.contains("12.345"), "{json}");
+    }
+
+    #[test]
+    fn deltas_come_from_the_rounded_values() {
+        // Exactly 0.008 apart, but both show as 10.00: the delta must not tell them apart.
+        assert_eq!(agent_delta(10.004, 9.996), 0.0);
+        assert_eq!(agent_delta(12.345678, 10.001), 2.35);
+        assert_eq!(agent_delta(9.994, 10.006), -0.02);
+        assert_eq!(decimals(agent_delta(0.3 + 1e-9, 0.1)), 1, "float noise of the subtraction is rounded off");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
-use crate::score::Metrics;
+use crate::score::{Metrics, agent_delta, round_rank};
 use crate::supervisor::RunLimits;
 use crate::workspace::{Workspace, WorkspaceState};
 
@@ -143,7 +143,8 @@ impl Reply {
     }
 }
 
-/// One row of `read_metrics`.
+/// One row of `read_metrics` (and the structured result of `run_experiment`): the agent's view of a
+/// run, its metrics at the agent's resolution ([`Metrics::for_agent`]).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunRow {
     pub id: String,
@@ -177,12 +178,12 @@ pub struct RunRow {
 
 impl From<&Run> for RunRow {
     fn from(r: &Run) -> Self {
+        let metrics = r.metrics.as_ref().map(Metrics::for_agent);
         RunRow {
             id: r.id.clone(),
             number: r.number,
             train_hash: r.train_hash[..12.min(r.train_hash.len())].into(),
             status: r.status,
-            metrics: r.metrics.clone(),
             kept: r.kept,
             overran: r.overran,
             duration_s: r.phases.total,
@@ -191,8 +192,9 @@ impl From<&Run> for RunRow {
             repeat_of: r.repeat_of.clone(),
             reported: r.reported.clone(),
             fingerprint: r.fingerprint.short(),
-            mean_rank_sd: r.metrics.as_ref().and_then(|m| noise::sd(&m.seeds)),
-            samples: r.metrics.as_ref().map(|m| m.samples().len()).unwrap_or(0),
+            mean_rank_sd: metrics.as_ref().and_then(|m| noise::sd(&m.seeds)).map(round_rank),
+            samples: metrics.as_ref().map(|m| m.samples().len()).unwrap_or(0),
+            metrics,
             delta_vs_best_kept: None,
             flags: vec![],
         }
@@ -631,7 +633,7 @@ impl Service {
         if let Some(m) = &outcome.metrics {
             let (best, floor) = self.comparison(&runs, &fingerprint, run_id);
             for f in noise::flags(m, best, floor) {
-                text.push_str(&format!("warning: {}\n", f.explain(best.map(|b| m.mean_rank - b), floor)));
+                text.push_str(&format!("warning: {}\n", explain_for_agent(f, m, best, floor)));
             }
         }
         if let Some(r) = &repeat_of {
@@ -658,46 +660,7 @@ impl Service {
 
     pub fn metrics_view(&self, args: &ReadMetricsArgs) -> MetricsView {
         let runs = self.ledger.lock().unwrap().runs();
-        let current_fp = runs.last().map(|r| r.fingerprint.clone());
-        let mut view = MetricsView {
-            runs: vec![],
-            total_runs: runs.len(),
-            best_kept: None,
-            baseline: None,
-            noise_floor: None,
-            noise_floor_samples: 0,
-            in_flight: self.run_in_flight(),
-        };
-        if let Some(fp) = &current_fp {
-            let same: Vec<&Run> =
-                runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
-            view.best_kept = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
-            let base = same.iter().filter(|r| r.train_hash == self.state.baseline_train_hash);
-            view.baseline = base.min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
-            let floor = noise::noise_floor(&same, &self.state.baseline_train_hash);
-            (view.noise_floor, view.noise_floor_samples) = (floor.map(|f| f.0), floor.map(|f| f.1).unwrap_or(0));
-        }
-        let best = view.best_kept.as_ref().and_then(|b| b.metrics.as_ref().map(|m| m.mean_rank));
-        view.runs = runs
-            .iter()
-            .filter(|r| args.status.is_none_or(|s| r.status == s))
-            .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
-            .map(|r| {
-                let mut row = RunRow::from(r);
-                if Some(&r.fingerprint) == current_fp.as_ref()
-                    && let Some(m) = &r.metrics
-                {
-                    row.delta_vs_best_kept = best.map(|b| m.mean_rank - b);
-                    row.flags = noise::flags(m, best, view.noise_floor);
-                }
-                row
-            })
-            .collect();
-        if let Some(n) = args.last {
-            let skip = view.runs.len().saturating_sub(n);
-            view.runs.drain(..skip);
-        }
-        view
+        MetricsView { in_flight: self.run_in_flight(), ..metrics_view(&runs, &self.state.baseline_train_hash, args) }
     }
 
     /// The best kept mean rank and the noise floor of fingerprint `fp`, leaving out run `except`.
@@ -760,14 +723,11 @@ impl Service {
         let m = run.metrics.clone().expect("ok runs have metrics");
         let others: Vec<Run> = runs.iter().filter(|r| r.id != run.id).cloned().collect();
         let reference = ledger::reference_run(&others, &latest_fp, &self.state.baseline_train_hash);
-        let delta = reference
-            .and_then(|r| r.mean_rank().map(|b| format!("{:+.2} vs {} {:.2}", m.mean_rank - b, r.id, b)))
-            .unwrap_or_else(|| "no reference".into());
         let (best, floor) = self.comparison(&runs, &latest_fp, &run.id);
         let flags = noise::flags(&m, best, floor);
         let mut trailers = String::new();
         if let Some(f) = floor {
-            trailers.push_str(&format!("Noise-Floor: {f:.2}\n"));
+            trailers.push_str(&format!("Noise-Floor: {:.2}\n", round_rank(f)));
         }
         if !flags.is_empty() {
             let names: Vec<String> =
@@ -776,9 +736,9 @@ impl Service {
         }
         let head = self.audit.head();
         let message = format!(
-            "exp {}: mean_rank {} ({delta}) | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\n{trailers}Audit-Head: {}\nAudit-Lines: {}\n",
+            "exp {}: {} | {description}\n\nRun: {}\nTrain-Hash: {hash}\nFingerprint: {}\n{trailers}Audit-Head: {}\nAudit-Lines: {}\n",
             run.id,
-            noise::mean_pm(&m),
+            commit_headline(&m, reference),
             run.id,
             latest_fp.short(),
             head.hash,
@@ -801,7 +761,7 @@ impl Service {
         let mut text =
             format!("kept run {run_id} as commit {}:\n{}\n", &commit[..10], message.lines().next().unwrap_or(""));
         for f in &flags {
-            text.push_str(&format!("warning: {}\n", f.explain(best.map(|b| m.mean_rank - b), floor)));
+            text.push_str(&format!("warning: {}\n", explain_for_agent(*f, &m, best, floor)));
         }
         let mut r = Reply::ok(text);
         r.run_id = Some(run_id);
@@ -949,14 +909,31 @@ fn cmp_rank(a: &&Run, b: &&Run) -> std::cmp::Ordering {
     a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX))
 }
 
+/// `mean_rank 12.35 (-1.65 vs r0002 14.00)`, the commit's headline. The agent sees it in the reply,
+/// so it is at the agent's resolution (the ledger keeps the exact figures).
+fn commit_headline(m: &Metrics, reference: Option<&Run>) -> String {
+    let delta = reference
+        .and_then(|r| {
+            r.mean_rank().map(|b| format!("{:+.2} vs {} {:.2}", agent_delta(m.mean_rank, b), r.id, round_rank(b)))
+        })
+        .unwrap_or_else(|| "no reference".into());
+    format!("mean_rank {} ({delta})", noise::mean_pm(&m.for_agent()))
+}
+
+/// A flag's sentence with the delta against the best kept result and the noise floor rounded as
+/// the agent sees them (`m` exact: the delta is taken between the rounded values).
+fn explain_for_agent(f: noise::Flag, m: &Metrics, best: Option<f64>, floor: Option<f64>) -> String {
+    f.explain(best.map(|b| agent_delta(m.mean_rank, b)), floor.map(round_rank))
+}
+
 fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option<&Run>, fp: &Fingerprint) -> String {
     let mut t = String::new();
     let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    match &o.metrics {
+    match o.metrics.as_ref().map(Metrics::for_agent) {
         Some(m) => {
             t.push_str(&format!(
                 "run {run_id} {status}: mean rank {} (random would be {:.1}, N = {})",
-                noise::mean_pm(m),
+                noise::mean_pm(&m),
                 m.random_mean_rank,
                 m.n
             ));
@@ -972,10 +949,10 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
             match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
                 Some((r, b)) => t.push_str(&format!(
                     ", delta {:+.2} vs {} {} ({:.2}); lower is better\n",
-                    m.mean_rank - b,
+                    agent_delta(m.mean_rank, b),
                     if r.kept { "best kept" } else { "baseline" },
                     r.id,
-                    b
+                    round_rank(b)
                 )),
                 None => t.push_str(", no earlier comparable run\n"),
             }
@@ -1027,6 +1004,55 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
     t
 }
 
+/// The structured content of `read_metrics` over the ledger's `runs` (`in_flight` left empty), at
+/// the agent's resolution.
+pub fn metrics_view(runs: &[Run], baseline_hash: &str, args: &ReadMetricsArgs) -> MetricsView {
+    let current_fp = runs.last().map(|r| r.fingerprint.clone());
+    let mut view = MetricsView {
+        runs: vec![],
+        total_runs: runs.len(),
+        best_kept: None,
+        baseline: None,
+        noise_floor: None,
+        noise_floor_samples: 0,
+        in_flight: None,
+    };
+    // The exact best and floor decide the flags; the agent sees them rounded.
+    let (mut best, mut floor) = (None, None);
+    if let Some(fp) = &current_fp {
+        let same: Vec<&Run> =
+            runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
+        let best_kept = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b));
+        best = best_kept.and_then(|r| r.mean_rank());
+        view.best_kept = best_kept.map(|r| RunRow::from(*r));
+        let base = same.iter().filter(|r| r.train_hash == baseline_hash);
+        view.baseline = base.min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
+        let measured = noise::noise_floor(&same, baseline_hash);
+        floor = measured.map(|f| f.0);
+        (view.noise_floor, view.noise_floor_samples) = (floor.map(round_rank), measured.map_or(0, |f| f.1));
+    }
+    view.runs = runs
+        .iter()
+        .filter(|r| args.status.is_none_or(|s| r.status == s))
+        .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
+        .map(|r| {
+            let mut row = RunRow::from(r);
+            if Some(&r.fingerprint) == current_fp.as_ref()
+                && let Some(m) = &r.metrics
+            {
+                row.delta_vs_best_kept = best.map(|b| agent_delta(m.mean_rank, b));
+                row.flags = noise::flags(m, best, floor);
+            }
+            row
+        })
+        .collect();
+    if let Some(n) = args.last {
+        let skip = view.runs.len().saturating_sub(n);
+        view.runs.drain(..skip);
+    }
+    view
+}
+
 /// The text form of `read_metrics`.
 pub fn render_view(v: &MetricsView) -> String {
     let mut t = String::new();
@@ -1043,7 +1069,7 @@ pub fn render_view(v: &MetricsView) -> String {
         ) + &r
             .flags
             .iter()
-            .map(|f| format!("      flag: {}\n", f.explain(r.delta_vs_best_kept, None)))
+            .map(|f| format!("      flag: {}\n", f.explain(r.delta_vs_best_kept, v.noise_floor)))
             .collect::<String>()
     };
     if let Some(b) = &v.baseline {
@@ -1072,4 +1098,141 @@ pub fn render_view(v: &MetricsView) -> String {
         t.push_str(&line(r));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASELINE: &str = "baseline-hash";
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint {
+            harness: "h".into(),
+            data: "d".into(),
+            val_n: 333,
+            budget_seconds: 60,
+            profile: "tests".into(),
+            device: "cpu".into(),
+            libtorch: "2.11.0".into(),
+            towers: String::new(),
+        }
+    }
+
+    /// Metrics with many decimals everywhere, as the scorer produces them.
+    fn exact(mean: f64, seeds: &[f64]) -> Metrics {
+        Metrics {
+            mean_rank: mean,
+            median_rank: 10.5,
+            i2t_mean_rank: mean - 1.234567,
+            t2i_mean_rank: mean + 1.234567,
+            i2t_r1: 100.0 / 3.0,
+            i2t_r5: 200.0 / 3.0,
+            i2t_r10: 71.428571428,
+            t2i_r1: 100.0 / 7.0,
+            t2i_r5: 55.555555555,
+            t2i_r10: 81.818181818,
+            n: 333,
+            random_mean_rank: 166.0,
+            folds: vec![mean - 0.987654, mean + 0.987654],
+            seeds: seeds.to_vec(),
+        }
+    }
+
+    fn run(id: &str, train_hash: &str, m: Metrics, kept: bool) -> Run {
+        Run {
+            id: id.into(),
+            number: id[1..].parse().unwrap(),
+            started_at: Utc::now(),
+            train_hash: train_hash.into(),
+            description: "d".into(),
+            status: RunStatus::Ok,
+            metrics: Some(m),
+            reported: Default::default(),
+            phases: Default::default(),
+            overran: false,
+            kept,
+            commit: None,
+            repeat_of: None,
+            seed: 42,
+            message: None,
+            fingerprint: fingerprint(),
+        }
+    }
+
+    /// The most digits after a decimal point among the numbers written in `text`.
+    fn max_decimals(text: &str) -> usize {
+        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|tok| tok.trim_matches('.').split_once('.'))
+            .map(|(_, frac)| frac.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Baseline r0001 over two seeds, r0002 kept at 15.004, r0003 at 14.996: 0.008 better exactly,
+    /// but both show as 15.00.
+    fn ledger() -> Vec<Run> {
+        vec![
+            run("r0001", BASELINE, exact(20.12345678, &[20.0012345, 20.2456789]), false),
+            run("r0002", "other", exact(15.004, &[]), true),
+            run("r0003", "third", exact(14.996, &[]), false),
+        ]
+    }
+
+    #[test]
+    fn run_rows_carry_the_agents_resolution() {
+        let row = RunRow::from(&ledger()[0]);
+        let m = row.metrics.as_ref().unwrap();
+        assert_eq!((m.mean_rank, m.i2t_r1, m.seeds.clone()), (20.12, 33.3, vec![20.0, 20.25]));
+        assert_eq!(row.mean_rank_sd, Some(0.18), "the sd of the rounded seeds, rounded");
+        let json = serde_json::to_string(&row).unwrap();
+        assert!(max_decimals(&json) <= 2, "{json}");
+    }
+
+    #[test]
+    fn read_metrics_shows_rounded_numbers_and_deltas_from_rounded_values() {
+        let view = metrics_view(&ledger(), BASELINE, &ReadMetricsArgs::default());
+        assert_eq!(view.best_kept.as_ref().unwrap().metrics.as_ref().unwrap().mean_rank, 15.0);
+        assert_eq!(view.baseline.as_ref().unwrap().id, "r0001");
+        // sd(20.0012345, 20.2456789) = 0.17284...
+        assert_eq!((view.noise_floor, view.noise_floor_samples), (Some(0.17), 2));
+        let r3 = &view.runs[2];
+        assert_eq!(r3.delta_vs_best_kept, Some(0.0), "15.00 - 15.00, not the exact -0.008");
+        assert_eq!(r3.flags, vec![noise::Flag::WithinNoiseFloor], "flags still see the exact improvement");
+        assert_eq!(view.runs[0].delta_vs_best_kept, Some(5.12));
+        let json = serde_json::to_string(&view).unwrap();
+        assert!(max_decimals(&json) <= 2, "{json}");
+        let text = render_view(&view);
+        assert!(max_decimals(&text) <= 2, "{text}");
+        assert!(text.contains("improvement (+0.00)") && text.contains("sd 0.17"), "{text}");
+    }
+
+    #[test]
+    fn the_run_report_shows_rounded_numbers_and_deltas_from_rounded_values() {
+        let o = crate::experiment::Outcome {
+            status: RunStatus::Ok,
+            metrics: Some(exact(12.345678, &[12.1111111, 12.5802469])),
+            reported: Default::default(),
+            phases: Default::default(),
+            overran: false,
+            message: None,
+        };
+        let reference = run("r0002", "other", exact(14.004999, &[]), true);
+        let t = summarize_run("r0004", &o, Some(&reference), &fingerprint());
+        assert!(t.contains("mean rank 12.35 ± 0.33 (n=2)"), "{t}");
+        assert!(t.contains("[11.36, 13.33]"), "{t}");
+        assert!(t.contains("delta -1.65 vs best kept r0002 (14.00)"), "{t}");
+        assert!(t.contains("R@1/5/10 33.3/66.7/71.4%"), "{t}");
+        assert!(max_decimals(&t) <= 2, "{t}");
+    }
+
+    #[test]
+    fn the_commit_headline_is_what_the_agent_saw() {
+        let reference = run("r0002", "other", exact(14.004999, &[]), true);
+        let h = commit_headline(&exact(12.345678, &[]), Some(&reference));
+        assert_eq!(h, "mean_rank 12.35 (-1.65 vs r0002 14.00)");
+        assert_eq!(commit_headline(&exact(9.999, &[]), None), "mean_rank 10.00 (no reference)");
+        let w = explain_for_agent(noise::Flag::WithinNoiseFloor, &exact(14.996, &[]), Some(15.004), Some(1.23456));
+        assert!(w.contains("(+0.00)") && w.contains("sd 1.23 "), "{w}");
+    }
 }

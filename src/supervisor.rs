@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::fsutil::write_atomic;
 use crate::ledger::{self, Ledger, Run, RunStatus};
 use crate::paths::Paths;
+use crate::score::round_rank;
 use crate::workspace::{Workspace, WorkspaceState};
 
 // ------------------------------------------------------------------------------------------------
@@ -661,6 +662,18 @@ fn classify(status: &std::process::ExitStatus, report: &StreamReport) -> Ended {
     Ended::Early
 }
 
+/// One run in the resume prompt. The agent reads it: the mean rank at the agent's resolution.
+fn prompt_line(r: &Run) -> String {
+    format!(
+        "{} {:?} mean rank {} {}\"{}\"",
+        r.id,
+        r.status,
+        r.mean_rank().map(|m| format!("{:.2}", round_rank(m))).unwrap_or("-".into()),
+        if r.kept { "kept " } else { "" },
+        r.description
+    )
+}
+
 fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervisor, session: usize) -> String {
     let now = Utc::now();
     let left = (sup.opts.deadline - now).num_minutes().max(0);
@@ -673,23 +686,13 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
         t.push_str(&format!("; {} experiments left in this session's budget", m.saturating_sub(runs.len())));
     }
     t.push_str(".\nWhere things stand (from the server's ledger):\n");
-    let line = |r: &Run| {
-        format!(
-            "{} {:?} mean rank {} {}\"{}\"",
-            r.id,
-            r.status,
-            r.mean_rank().map(|m| format!("{m:.2}")).unwrap_or("-".into()),
-            if r.kept { "kept " } else { "" },
-            r.description
-        )
-    };
     match best_run(runs, ws) {
-        Some(b) => t.push_str(&format!("- best so far: {}\n", line(&b))),
+        Some(b) => t.push_str(&format!("- best so far: {}\n", prompt_line(&b))),
         None => t.push_str("- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n"),
     }
     t.push_str(&format!("- {} runs in total; the last ones:\n", runs.len()));
     for r in runs.iter().rev().take(5).rev() {
-        t.push_str(&format!("  {}\n", line(r)));
+        t.push_str(&format!("  {}\n", prompt_line(r)));
     }
     let pad = std::fs::read_to_string(paths.scratchpad()).unwrap_or_default();
     let tail: String = {
@@ -765,6 +768,21 @@ mod tests {
         assert!(l.refusal(3, now).unwrap().contains("budget is spent"));
         assert!(l.refusal(0, now + chrono::Duration::minutes(6)).unwrap().contains("deadline"));
         assert_eq!(RunLimits::default().refusal(1000, now), None);
+    }
+
+    #[test]
+    fn the_resume_prompt_shows_mean_ranks_at_the_agents_resolution() {
+        let fingerprint = serde_json::json!({"harness": "h", "data": "d", "val_n": 100, "budget_seconds": 60,
+            "profile": "tests", "device": "cpu", "libtorch": "2.11.0"});
+        let metrics = serde_json::json!({"mean_rank": 12.345678, "median_rank": 10.5, "i2t_mean_rank": 11.1,
+            "t2i_mean_rank": 13.6, "i2t_r1": 1.0, "i2t_r5": 5.0, "i2t_r10": 10.0, "t2i_r1": 1.0, "t2i_r5": 5.0,
+            "t2i_r10": 10.0, "n": 100, "random_mean_rank": 49.5});
+        let run: Run = serde_json::from_value(serde_json::json!({"id": "r0007", "number": 7,
+            "started_at": "2026-11-28T22:00:00Z", "train_hash": "a", "description": "LR 1e-3", "status": "ok",
+            "metrics": metrics, "reported": {}, "phases": {"total": 1.0}, "overran": false, "kept": true,
+            "commit": null, "repeat_of": null, "seed": 42, "message": null, "fingerprint": fingerprint}))
+        .unwrap();
+        assert_eq!(prompt_line(&run), "r0007 Ok mean rank 12.35 kept \"LR 1e-3\"");
     }
 
     #[test]

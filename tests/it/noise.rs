@@ -1,6 +1,9 @@
 //! Noise-aware results through the tools: a run repeated over seeds is a mean ± sd, the baseline's
 //! repeats become the noise floor, and a train.rs that ignores its seed is flagged.
 
+use autoresearch_mcp::ledger::Ledger;
+use autoresearch_mcp::noise;
+use autoresearch_mcp::score::round_rank;
 use serde_json::json;
 
 use crate::common::*;
@@ -17,16 +20,21 @@ async fn seed_repeats_give_a_noise_floor_and_a_seed_ignoring_train_rs_is_flagged
     assert!(text(&r).contains("± ") && text(&r).contains("(n=2)"), "{}", text(&r));
     let m = &r.structured_content.clone().unwrap()["metrics"];
     let seeds: Vec<f64> = m["seeds"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(seeds.len(), 2);
-    assert_ne!(seeds[0], seeds[1], "different seeds must train differently");
-    assert!((m["mean_rank"].as_f64().unwrap() - (seeds[0] + seeds[1]) / 2.0).abs() < 1e-9);
+    // The ledger keeps the exact figures; the agent sees them rounded (score::Metrics::for_agent).
+    let exact = Ledger::open(&ws.state("runs.jsonl")).unwrap().runs()[0].metrics.clone().unwrap();
+    assert_eq!(exact.seeds.len(), 2);
+    assert_ne!(exact.seeds[0], exact.seeds[1], "different seeds must train differently");
+    assert!((exact.mean_rank - (exact.seeds[0] + exact.seeds[1]) / 2.0).abs() < 1e-9);
+    assert_eq!(seeds, exact.seeds.iter().copied().map(round_rank).collect::<Vec<_>>());
+    assert_eq!(m["mean_rank"].as_f64().unwrap(), round_rank(exact.mean_rank));
     for s in [42, 43] {
         assert!(ws.state(&format!("runs/r0001/seed-{s}/train/checkpoint.safetensors")).is_file(), "seed {s}");
     }
     let v = c.call("read_metrics", json!({})).await;
     let view = v.structured_content.clone().unwrap();
     let floor = view["noise_floor"].as_f64().expect("a noise floor from two baseline seeds");
-    assert!(floor > 0.0 && view["noise_floor_samples"] == 2, "{view}");
+    assert_eq!(floor, round_rank(noise::sd(&exact.seeds).unwrap()), "{view}");
+    assert!(view["noise_floor_samples"] == 2, "{view}");
     assert!(text(&v).contains("noise floor: sd"), "{}", text(&v));
 
     // A train.rs that reseeds libtorch itself: every seed gives the same result.
