@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use autoresearch_mcp::untrusted::fence_marker;
 use serde_json::json;
 
 use crate::common::*;
@@ -271,7 +272,8 @@ async fn build_errors_and_crashes_come_back_with_fenced_output_and_no_server_sec
     let r = c.call("run_experiment", json!({"description": "type error"})).await;
     let t = text(&r);
     assert!(is_error(&r) && t.contains("build failed") && t.contains("mismatched types"), "{t}");
-    assert!(t.contains("<untrusted-program-output source=\"compiler output\">"), "{t}");
+    let marker = fence_marker(&t).expect("compiler output is fenced");
+    assert!(t.contains(&format!("<{marker} source=\"compiler output\">")), "{t}");
     assert_eq!(ledger_events(&ws).last().unwrap()["status"], "build_failed");
 
     // The server's environment is invisible to the build and the run: a canary set for the server
