@@ -106,11 +106,19 @@ pub async fn run(root: &Path) -> Vec<Check> {
             ),
         });
     }
-    out.push(Check {
-        name: "page cache",
-        level: if id.is_root() { Level::Ok } else { Level::Warn },
-        detail: crate::sandbox::pagecache::describe(),
-    });
+    if let Ok(p) = &pyenv {
+        out.push(check(
+            "embed phases' view",
+            p.torch_lib().and_then(|lib| crate::sandbox::pagecache::runtime_view(&lib)).map(|v| {
+                format!(
+                    "{} files (libtorch, the libraries it loads, the loader's files), no /usr or Python environment; \
+                     every page of them made resident between embed-images and embed-texts",
+                    v.len()
+                )
+            }),
+            Level::Fail,
+        ));
+    }
     match LocalSandbox::from_current_exe() {
         Ok(local) => {
             out.push(check(
@@ -233,6 +241,7 @@ async fn sandbox_probe(local: &LocalSandbox, pyenv: &PyEnv) -> Check {
         log: dir.join("probe.log"),
         log_cap: 1 << 20,
         max_file_bytes: 1 << 30,
+        host_system: true,
         read_only,
         writable: vec![scratch.clone()],
         limits: Limits { memory_bytes: 4 << 30, pids: 256, cpus: 0.0 },

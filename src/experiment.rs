@@ -212,6 +212,7 @@ impl Runner {
             log: dir.with_extension("log"),
             log_cap: sb.log_cap_bytes,
             max_file_bytes: max_file,
+            host_system: true,
             read_only: vec![],
             writable: vec![dir.to_path_buf()],
             limits: Limits { memory_bytes: sb.memory_limit_gib << 30, pids: sb.pids_limit, cpus: sb.cpus },
@@ -613,9 +614,9 @@ impl Runner {
     /// Embeds the evaluation split `split` (`n` pairs) with `trainer` and the checkpoint `ckpt`, and
     /// scores it here. The split is dealt anew into two halves in fresh secret orders; images and texts
     /// are embedded by two sandboxed processes, one after the other, that share nothing they could
-    /// signal through: the texts phase gets its own copy of the binary and the checkpoint, and the page
-    /// cache of every file the images phase opened is evicted before it starts. The halves and copies
-    /// are removed afterwards. Also used by `report --test`.
+    /// signal through: the texts phase gets its own copy of the binary and the checkpoint, and every
+    /// page of what both read (libtorch, the towers) is made resident before it starts
+    /// (`sandbox::pagecache`). The halves and copies are removed afterwards. Also used by `report --test`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn evaluate(
         &self,
@@ -657,7 +658,8 @@ impl Runner {
             let job = self.embed_job(name, trainer, input, ckpt, &dir, seed)?;
             let r = if name == "embed-images" {
                 // Whatever it left in the page cache must not reach embed-texts.
-                crate::sandbox::pagecache::run_then_evict(self.sandbox.as_ref(), &job, cancel).await?
+                let shared = self.embed_shared()?;
+                crate::sandbox::pagecache::run_then_reset(self.sandbox.as_ref(), &job, &shared, cancel).await?
             } else {
                 self.sandbox.run(&job, cancel).await?
             };
@@ -718,8 +720,21 @@ impl Runner {
         env.push(("AR_CHECKPOINT".into(), ckpt.display().to_string()));
         let t = Duration::from_secs(self.config.experiment.embed_timeout_seconds);
         let mut job = self.job(name, trainer.to_path_buf(), vec![], env, dir, (t, 1 << 30));
-        job.read_only = self.phase_mounts(&[trainer, input, ckpt])?;
+        // Not the host's /usr nor the Python environment: only what the two embed phases must share,
+        // which is reset between them (sandbox::pagecache).
+        job.host_system = false;
+        job.read_only = [trainer, input, ckpt].iter().map(|p| p.to_path_buf()).collect();
+        job.read_only.extend(self.embed_shared()?);
         Ok(job)
+    }
+
+    /// What both embed phases read: libtorch's runtime view and the pretrained towers.
+    fn embed_shared(&self) -> Result<Vec<PathBuf>> {
+        let mut shared = crate::sandbox::pagecache::runtime_view(&self.pyenv.torch_lib()?)?;
+        let (image, text) = self.towers()?;
+        shared.extend(image);
+        shared.extend(text);
+        Ok(shared)
     }
 }
 

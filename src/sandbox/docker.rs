@@ -224,7 +224,7 @@ impl DockerSandbox {
             .is_some_and(|v| v == "image");
 
         let mut mounts: Vec<Mount> = Vec::new();
-        if !own_system {
+        if !own_system && job.host_system {
             for p in SYSTEM_READ_ONLY {
                 let p = Path::new(p);
                 // /sys is the container's own (read-only sysfs, CPU topology included).

@@ -15,7 +15,8 @@ use super::root::SYSTEM_READ_ONLY;
 /// kernel enforced the ruleset fully.
 pub fn restrict(job: &Job) -> Result<RulesetStatus> {
     let abi = ABI::V5;
-    let mut read: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
+    let system: &[&str] = if job.host_system { SYSTEM_READ_ONLY } else { &[] };
+    let mut read: Vec<PathBuf> = system.iter().map(PathBuf::from).collect();
     read.extend(job.read_only.iter().cloned());
     read.extend(["/proc", "/dev"].map(PathBuf::from));
     let mut write: Vec<PathBuf> = job.writable.clone();

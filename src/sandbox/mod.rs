@@ -38,6 +38,10 @@ pub struct Job {
     pub log_cap: u64,
     /// RLIMIT_FSIZE: largest file the job may write.
     pub max_file_bytes: u64,
+    /// Whether the host's system paths ([`root::SYSTEM_READ_ONLY`]: `/usr`, `/lib`, …) are bound
+    /// read-only; when not, `read_only` must hold every file the program needs (the embed phases:
+    /// [`pagecache::runtime_view`]).
+    pub host_system: bool,
     /// What the job may read (besides system libraries): files or folders, bound read-only.
     pub read_only: Vec<PathBuf>,
     /// What the job may write: folders bound read-write (the scratch dir is always one).

@@ -51,7 +51,8 @@ pub fn enter(job: &Job) -> Result<()> {
         mount(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts))
             .with_context(|| format!("mount /{dir}"))?;
     }
-    let mut binds: Vec<(PathBuf, bool)> = SYSTEM_READ_ONLY.iter().map(|p| (PathBuf::from(p), false)).collect();
+    let system: &[&str] = if job.host_system { SYSTEM_READ_ONLY } else { &[] };
+    let mut binds: Vec<(PathBuf, bool)> = system.iter().map(|p| (PathBuf::from(p), false)).collect();
     binds.extend(job.read_only.iter().map(|p| (p.clone(), false)));
     binds.extend(job.writable.iter().map(|p| (p.clone(), true)));
     // Parents before children, so a writable dir inside a read-only one is mounted over it.

@@ -89,6 +89,7 @@ impl Dirs {
             log: self.root.join("run.log"),
             log_cap: 1 << 20,
             max_file_bytes: 64 << 20,
+            host_system: true,
             read_only: vec![],
             writable: vec![self.scratch.clone()],
             limits: Limits { memory_bytes: 256 << 20, pids: 64, cpus: 1.0 },
