@@ -236,6 +236,10 @@ impl DockerSandbox {
         }
         for (paths, ro) in [(&job.read_only, true), (&job.writable, false)] {
             for p in paths {
+                // /sys is the container's own (read-only sysfs, CPU topology included).
+                if p.starts_with("/sys") {
+                    continue;
+                }
                 check_job_path(p)?;
                 if std::fs::metadata(p).is_err() {
                     continue;
@@ -304,6 +308,7 @@ impl DockerSandbox {
             cmd: Some(cmd),
             env: Some(vec![]),
             user: Some(format!("{uid}:{uid}")),
+            hostname: Some("sandbox".into()),
             working_dir: Some(job.cwd.display().to_string()),
             network_disabled: Some(true),
             attach_stdin: Some(false),

@@ -53,7 +53,9 @@ pub async fn run_then_reset(
 /// theirs by name), the GPU driver's libraries, the loader's files and the CPU topology. Computed
 /// once per `torch_lib`.
 pub fn runtime_view(torch_lib: &Path) -> Result<Vec<PathBuf>> {
-    static CACHE: OnceLock<Mutex<Vec<(PathBuf, Vec<PathBuf>)>>> = OnceLock::new();
+    /// Views already computed, by libtorch folder.
+    type Views = Vec<(PathBuf, Vec<PathBuf>)>;
+    static CACHE: OnceLock<Mutex<Views>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some((_, v)) = cache.lock().unwrap().iter().find(|(k, _)| k == torch_lib) {
         return Ok(v.clone());
