@@ -78,12 +78,14 @@ impl Toolchain {
                 })?;
             paths.push(registry.join("src").join(reg).join(&dir));
             paths.push(registry.join("cache").join(reg).join(format!("{dir}.crate")));
-            paths.push(
+            // A crate locked at two versions has one index entry.
+            for p in [
                 registry.join("index").join(reg).join(".cache").join(index_prefix(name)).join(name.to_lowercase()),
-            );
-            let config = registry.join("index").join(reg).join("config.json");
-            if !paths.contains(&config) {
-                paths.push(config);
+                registry.join("index").join(reg).join("config.json"),
+            ] {
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
             }
         }
         if git {

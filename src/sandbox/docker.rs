@@ -247,6 +247,10 @@ impl DockerSandbox {
                 mounts.push(bind(p, ro));
             }
         }
+        // One mount per target (the engine refuses duplicates; the later, writable one wins).
+        let mut seen = std::collections::HashSet::new();
+        mounts.reverse();
+        mounts.retain(|m| seen.insert(m.target.clone()));
         // Parents before children, so a writable dir inside a read-only one is mounted over it.
         mounts.sort_by_key(|m| Path::new(m.target.as_deref().unwrap_or("/")).components().count());
 

@@ -71,7 +71,7 @@ pub fn runtime_view(torch_lib: &Path) -> Result<Vec<PathBuf>> {
         // "\tlibfoo.so.1 => /path/libfoo.so.1 (0x…)" or "\t/lib64/ld-linux-x86-64.so.2 (0x…)"
         let path = line.split("=>").nth(1).unwrap_or(line).split_whitespace().next().unwrap_or("");
         if path.starts_with('/') {
-            files.push(PathBuf::from(path));
+            files.push(lexically_normal(Path::new(path)));
         }
     }
     if let Some(site) = torch_lib.parent().and_then(Path::parent) {
@@ -88,6 +88,8 @@ pub fn runtime_view(torch_lib: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     files.extend(LOADER_FILES.iter().map(PathBuf::from));
+    // The docker backend starts the program through `env -i` (exactly the job's environment).
+    files.push("/usr/bin/env".into());
     files.push("/sys/devices/system/cpu".into());
     // A symlink is recreated in the job's root as it is: its target, as written, must be there too.
     let mut links: Vec<PathBuf> = files.iter().filter(|p| p.is_symlink()).cloned().collect();
@@ -104,6 +106,23 @@ pub fn runtime_view(torch_lib: &Path) -> Result<Vec<PathBuf>> {
     files.dedup();
     cache.lock().unwrap().push((torch_lib.to_path_buf(), files.clone()));
     Ok(files)
+}
+
+/// `path` without `.` and `..` components (ldd prints RUNPATH-relative paths such as
+/// `torch/lib/../../nvidia/…`), resolved by text: the same file must have one name in the view.
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Regular files and symlinks under `dir`, recursively (not following links).
@@ -210,6 +229,11 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_normalised_by_text() {
+        assert_eq!(lexically_normal(Path::new("/a/torch/lib/../../nvidia/./x.so")), Path::new("/a/nvidia/x.so"));
+    }
+
+    #[test]
     fn the_runtime_view_holds_libtorchs_libraries_and_not_the_rest_of_the_system() {
         let Ok(env) = crate::pyenv::PyEnv::locate(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
             eprintln!("SKIPPED: no Python environment");
@@ -221,5 +245,6 @@ mod tests {
             assert!(names.iter().any(|n| n.ends_with(want)), "{want} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n.ends_with("/python3") || n.starts_with("/usr/bin")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("/../")), "one name per file: {names:?}");
     }
 }

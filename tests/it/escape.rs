@@ -354,7 +354,7 @@ async fn escape_suite(a: &Arena) {
 fn last_run(ws: &Ws) -> String {
     let ev = std::fs::read_to_string(ws.state("runs.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(ev.lines().last().unwrap()).unwrap();
-    last["id"].as_str().unwrap().to_string()
+    last["run_id"].as_str().unwrap().to_string()
 }
 
 /// The SysV shared memory segments of the host's IPC namespace, by id.
