@@ -287,7 +287,9 @@ impl Runner {
         // crate::toolchain), the Python environment (torch-sys asks its python where libtorch is, and
         // that python's own installation). Writes: the target dir, handed to the build's user.
         let mut read_only = vec![self.paths.trainer(), tc.sysroot.clone(), self.pyenv.dir.clone()];
-        read_only.extend(tc.registry_view(&self.paths.trainer().join("Cargo.lock"))?);
+        let view = tc.registry_view(&self.paths.trainer().join("Cargo.lock"))?;
+        ensure_readable(&view)?;
+        read_only.extend(view);
         read_only.extend(self.pyenv.python_prefix());
         let mut job = self.job("build", tc.cargo.clone(), args, env, dir, (timeout, 8 << 30));
         job.read_only = read_only;
@@ -736,6 +738,17 @@ impl Runner {
         shared.extend(text);
         Ok(shared)
     }
+}
+
+/// [`crate::toolchain::make_readable`] once per server for each registry view (a walk of ~20k files).
+fn ensure_readable(view: &[PathBuf]) -> Result<()> {
+    static DONE: std::sync::Mutex<Vec<Vec<PathBuf>>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap();
+    if !done.iter().any(|v| v == view) {
+        crate::toolchain::make_readable(view)?;
+        done.push(view.to_vec());
+    }
+    Ok(())
 }
 
 /// Adds `secs` to a phase time that may not have started.

@@ -96,6 +96,34 @@ impl Toolchain {
     }
 }
 
+/// Makes every file and folder under `paths` readable by others (folders searchable), adding only
+/// the missing bits; returns how many it changed. For the registry view: the build runs as nobody,
+/// and some crates ship files without read permission for others (`fnv` 1.0.7: 0640), which the
+/// user's own builds read as their owner. They are public sources, so nothing is exposed.
+pub fn make_readable(paths: &[PathBuf]) -> Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = 0;
+    let mut stack = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+        let want = if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p)?.flatten().map(|e| e.path()));
+            0o005
+        } else if meta.is_file() {
+            0o004
+        } else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & want != want {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | want))
+                .with_context(|| format!("make {} readable for the sandboxed build", p.display()))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 /// Where cargo's index cache keeps a crate's entry: `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd…`.
 fn index_prefix(name: &str) -> String {
     let n = name.to_lowercase();
@@ -114,6 +142,18 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_crate_files_are_made_readable_for_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lib.rs");
+        std::fs::write(&f, "").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(make_readable(&[dir.path().to_path_buf()]).unwrap(), 1);
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(make_readable(&[dir.path().to_path_buf()]).unwrap(), 0, "nothing left to change");
+    }
 
     #[test]
     fn index_prefixes_follow_cargos_layout() {
