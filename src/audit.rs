@@ -1,5 +1,6 @@
-//! The audit log, `.autoresearch/audit.jsonl`: one line per tool call, accepted or refused, each
-//! carrying the SHA-256 of the line before it. A sidecar (`audit.head`) and every ledger line and
+//! The audit log, `.autoresearch/audit.jsonl`: one line per tool call, accepted or refused, and per
+//! message the transport refused at the protocol level ([`RecordKind::Protocol`]), each carrying
+//! the SHA-256 of the line before it. A sidecar (`audit.head`) and every ledger line and
 //! commit record the head hash and line count, so an edited, dropped, reordered or truncated line
 //! is found by [`verify`].
 
@@ -37,9 +38,36 @@ impl Outcome {
     }
 }
 
+/// What a record is about. Lines written before kinds existed have none and are tool calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A call of one of the six tools (over MCP or `autoresearch-mcp run`).
+    #[default]
+    ToolCall,
+    /// A message the transport answered with a JSON-RPC error (or dropped, for a notification or
+    /// response that may not be answered) before it reached a tool: malformed JSON, an invalid
+    /// request, invalid params, a duplicate id, a request before `initialize`. Its `tool` is
+    /// [`PROTOCOL_TOOL`], its `reason` the error sent, its `args` what was received (see
+    /// [`crate::transport::Refusal`]); `outcome` is always `refused`.
+    Protocol,
+}
+
+impl RecordKind {
+    fn is_tool_call(&self) -> bool {
+        *self == RecordKind::ToolCall
+    }
+}
+
+/// The `tool` of every [`RecordKind::Protocol`] record, so `audit list --tool protocol` finds them.
+pub const PROTOCOL_TOOL: &str = "protocol";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub ts: DateTime<Utc>,
+    /// Absent (a tool call) on every line but protocol refusals: older logs stay byte-identical.
+    #[serde(default, skip_serializing_if = "RecordKind::is_tool_call")]
+    pub kind: RecordKind,
     pub tool: String,
     /// `mcp` for tool calls, `cli` for `autoresearch-mcp run`.
     pub via: String,
@@ -274,6 +302,16 @@ pub fn what(rec: &AuditRecord) -> String {
     let a = &rec.args;
     let s = |k: &str| a.get(k).and_then(Value::as_str);
     let lines = |k: &str| s(k).map(|t| t.lines().count().max(1)).unwrap_or(0);
+    if rec.kind == RecordKind::Protocol {
+        let id = a.get("id").filter(|v| !v.is_null()).map(|v| format!(" id {v}")).unwrap_or_default();
+        let w = format!(
+            "{}{id}, {} bytes: {}",
+            s("method").unwrap_or("(no method)"),
+            a.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            s("excerpt").unwrap_or("")
+        );
+        return clean(&w, WHAT_CHARS);
+    }
     let w = match rec.tool.as_str() {
         "edit_train" => {
             let mut w = match s("command").unwrap_or("?") {
@@ -555,6 +593,7 @@ mod tests {
     fn rec(tool: &str) -> AuditRecord {
         AuditRecord {
             ts: Utc::now(),
+            kind: RecordKind::ToolCall,
             tool: tool.into(),
             via: "mcp".into(),
             args: serde_json::json!({"x": 1}),
@@ -713,6 +752,30 @@ mod tests {
         let line = timeline_line(&r);
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         assert!(line.contains("refused") && line.contains("nothing to commit"), "{line}");
+    }
+
+    #[test]
+    fn protocol_records_carry_their_kind_and_tool_calls_stay_as_they_were() {
+        // A tool call serialises without `kind`, byte for byte as before kinds existed.
+        let line = serde_json::to_string(&rec("read_metrics")).unwrap();
+        assert!(!line.contains("\"kind\""), "{line}");
+        let back: AuditRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.kind, RecordKind::ToolCall);
+        let mut r = rec(PROTOCOL_TOOL);
+        r.kind = RecordKind::Protocol;
+        r.outcome = Outcome::Refused;
+        r.reason = Some("-32700 Parse error: expected value at line 1 column 1".into());
+        r.args =
+            serde_json::json!({"code": -32700, "method": null, "id": null, "bytes": 9, "excerpt": "not\u{1b}json"});
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"kind\":\"protocol\""), "{line}");
+        assert_eq!(serde_json::from_str::<AuditRecord>(&line).unwrap().kind, RecordKind::Protocol);
+        let shown = timeline_line(&r);
+        assert!(shown.contains("protocol") && shown.contains("(no method), 9 bytes: not json"), "{shown}");
+        assert!(shown.contains("-32700 Parse error"), "{shown}");
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        let s = summarize(&[r]);
+        assert_eq!(s.per_tool[PROTOCOL_TOOL].refused, 1);
     }
 
     #[test]

@@ -187,10 +187,13 @@ fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
 async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?.with_limits(limits));
     tracing::info!(workspace = %paths.root.display(), "serving the six tools over stdio");
-    let server = AutoresearchServer::new(svc.clone())
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("MCP initialisation over stdio")?;
+    let server = AutoresearchServer::new(svc.clone());
+    let audit = svc.clone();
+    let io = crate::transport::stdio(crate::transport::Options {
+        supported_versions: rmcp::ServerHandler::supported_protocol_versions(&server).into_owned(),
+        on_refusal: Arc::new(move |r| audit.record_protocol_refusal(r)),
+    });
+    let server = server.serve(io).await.context("MCP initialisation over stdio")?;
     let ct = server.cancellation_token();
     let waiting = tokio::spawn(async move { server.waiting().await });
     let signal = shutdown_signal();
@@ -318,7 +321,7 @@ fn audit_cmd(
                 && recs.is_empty()
             {
                 eprintln!(
-                    "no calls of {t:?}; the tools are edit_train, run_experiment, read_metrics, commit, revert, append_scratchpad"
+                    "no calls of {t:?}; the tools are edit_train, run_experiment, read_metrics, commit, revert, append_scratchpad (and protocol: messages refused before any tool)"
                 );
             }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

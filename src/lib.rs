@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`server`]: the MCP layer. Six tools, each a thin typed method over [`service`].
+//! - [`transport`]: stdio framing in front of rmcp: every message answered, malformed ones audited.
 //! - [`service`]: what each tool does, its refusals, and the audit record every call writes.
 //! - [`experiment`]: one experiment: build → train → embed images → embed texts → score.
 //! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill;
@@ -52,5 +53,6 @@ pub mod synth;
 pub mod test_split;
 pub mod toolchain;
 pub mod train_config;
+pub mod transport;
 pub mod untrusted;
 pub mod workspace;

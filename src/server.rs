@@ -1,5 +1,6 @@
 //! The MCP layer: exactly six tools, each a few lines over [`Service`]. Failures the agent can act
-//! on come back as tool results with `isError: true`; protocol errors are left to rmcp.
+//! on come back as tool results with `isError: true`; protocol errors are rmcp's, behind the
+//! framing of [`transport`](crate::transport), which answers malformed messages itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditLog, AuditRecord, Head, Outcome};
+use crate::audit::{AuditLog, AuditRecord, Head, Outcome, PROTOCOL_TOOL, RecordKind};
 use crate::config::Config;
 use crate::edit::{self, EditError};
 use crate::experiment::{Runner, Toolchain};
@@ -339,6 +339,7 @@ impl Service {
     fn record(&self, tool: &str, via: &str, args: Value, reply: &Reply, before: Option<String>, start: Instant) {
         let rec = AuditRecord {
             ts: Utc::now(),
+            kind: RecordKind::ToolCall,
             tool: tool.into(),
             via: via.into(),
             args,
@@ -348,6 +349,29 @@ impl Service {
             run_id: reply.run_id.clone(),
             train_hash_before: before,
             train_hash_after: self.train_hash(),
+            prev: String::new(),
+        };
+        if let Err(e) = self.audit.append(rec) {
+            tracing::error!("cannot write the audit log: {e:#}");
+        }
+    }
+
+    /// Writes the audit record of a message the transport refused before it reached a tool
+    /// ([`RecordKind::Protocol`]): the error it was answered with is the reason, what was received
+    /// (method, id, size, the start of the line) the arguments.
+    pub fn record_protocol_refusal(&self, r: &crate::transport::Refusal) {
+        let rec = AuditRecord {
+            ts: Utc::now(),
+            kind: RecordKind::Protocol,
+            tool: PROTOCOL_TOOL.into(),
+            via: "mcp".into(),
+            args: r.args(),
+            outcome: Outcome::Refused,
+            reason: Some(r.reason()),
+            duration_ms: r.took.as_secs_f64() * 1e3,
+            run_id: None,
+            train_hash_before: None,
+            train_hash_after: None,
             prev: String::new(),
         };
         if let Err(e) = self.audit.append(rec) {

@@ -17,3 +17,4 @@ mod refusals;
 mod report;
 mod tools;
 mod towers;
+mod transport;

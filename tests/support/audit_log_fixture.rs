@@ -40,6 +40,7 @@ pub fn generate_log(dir: &std::path::Path, n: usize) -> (Vec<String>, Vec<autore
         t += chrono::Duration::microseconds((ms * 1e3) as i64);
         let rec = AuditRecord {
             ts: t,
+            kind: Default::default(),
             tool: tool.into(),
             via: "mcp".into(),
             args,
