@@ -3,8 +3,11 @@
 //! the SHA-256 of the line before it. A sidecar (`audit.head`) and every ledger line and
 //! commit record the head hash and line count, so an edited, dropped, reordered or truncated line
 //! is found by [`verify`].
+//!
+//! What the server sets right in its own state (a torn line set aside, a file put back, a commit
+//! reconciled with the ledger, calls a full disk kept from being recorded) is a record of its own,
+//! `tool: "repair"` (see [`crate::durable::Repair`]), so `verify` can explain it rather than fail.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -13,7 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsutil::{open_append, sha256_hex, write_atomic};
+use crate::durable::{AppendFile, LineProblem, Repair, parse_lines, read_or_empty};
+use crate::fsutil::{sha256_hex, write_atomic};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -99,37 +103,112 @@ impl Head {
 
 /// Appends records; one writer per workspace (the server holds the workspace lock).
 pub struct AuditLog {
-    path: PathBuf,
     head_path: PathBuf,
-    head: Mutex<Head>,
+    inner: Mutex<Inner>,
 }
 
+struct Inner {
+    file: AppendFile,
+    head: Head,
+}
+
+fn valid_record(line: &[u8]) -> bool {
+    serde_json::from_slice::<AuditRecord>(line).is_ok()
+}
+
+/// The `tool` of the records the server writes about its own state (not tool calls).
+pub const REPAIR_TOOL: &str = "repair";
+
 impl AuditLog {
+    /// Opens the log as its writer: a torn last line is set aside into `audit.jsonl.torn` and the
+    /// repair recorded as the log's next record, so every later line starts on a line boundary.
     pub fn open(path: &Path, head_path: &Path) -> Result<Self> {
-        let head = match std::fs::read(path) {
-            Ok(bytes) => head_of(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Head::genesis(),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        Ok(Self { path: path.to_path_buf(), head_path: head_path.to_path_buf(), head: Mutex::new(head) })
+        let (mut file, bytes) = AppendFile::open(path, valid_record)?;
+        let repairs = file.take_repairs();
+        let log = Self { head_path: head_path.to_path_buf(), inner: Mutex::new(Inner { file, head: head_of(&bytes) }) };
+        for r in repairs {
+            log.append_repair(&r)?;
+        }
+        Ok(log)
     }
 
     pub fn head(&self) -> Head {
-        self.head.lock().unwrap().clone()
+        self.inner.lock().unwrap().head.clone()
+    }
+
+    /// Reserves room for a record of about `bytes` bytes (and a cushion for those of calls that
+    /// overlap it): a full disk fails here, before the call acts.
+    pub fn reserve(&self, bytes: u64) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        self.settle(&mut inner)?;
+        inner.file.reserve(bytes + RESERVE_CUSHION)
+    }
+
+    /// Puts the log back if it was deleted under the server (and records that).
+    pub fn ensure_in_place(&self) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        self.settle(&mut inner)
     }
 
     /// Appends one record (its `prev` is filled in here), fsyncs, and updates the head sidecar.
-    pub fn append(&self, mut rec: AuditRecord) -> Result<Head> {
-        let mut head = self.head.lock().unwrap();
-        rec.prev = head.hash.clone();
+    pub fn append(&self, rec: AuditRecord) -> Result<Head> {
+        let mut inner = self.inner.lock().unwrap();
+        self.settle(&mut inner)?;
+        self.append_locked(&mut inner, rec)
+    }
+
+    /// Records something the server set right in its own state.
+    pub fn append_repair(&self, r: &Repair) -> Result<Head> {
+        tracing::warn!("repair: {}", r.sentence());
+        self.append(repair_record(r))
+    }
+
+    /// Restores a deleted log and heals a torn tail, recording each repair before anything else.
+    fn settle(&self, inner: &mut Inner) -> Result<()> {
+        inner.file.ensure_in_place()?;
+        if inner.file.heal()? {
+            inner.head = head_of(&inner.file.content()?);
+        }
+        for r in inner.file.take_repairs() {
+            tracing::warn!("repair: {}", r.sentence());
+            self.append_locked(inner, repair_record(&r))?;
+        }
+        Ok(())
+    }
+
+    fn append_locked(&self, inner: &mut Inner, mut rec: AuditRecord) -> Result<Head> {
+        rec.prev = inner.head.hash.clone();
         let line = serde_json::to_string(&rec)?;
-        let mut f = open_append(&self.path)?;
-        f.write_all(line.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_data().context("fsync audit log")?;
-        *head = Head { hash: sha256_hex(line.as_bytes()), lines: head.lines + 1 };
-        write_atomic(&self.head_path, serde_json::to_string(&*head)?.as_bytes())?;
-        Ok(head.clone())
+        inner.file.append(line.as_bytes()).context("write the audit log")?;
+        inner.head = Head { hash: sha256_hex(line.as_bytes()), lines: inner.head.lines + 1 };
+        // The sidecar only helps find truncation; a stale one still verifies, so failing to
+        // rewrite it (a full disk) fails nothing.
+        if let Err(e) = write_atomic(&self.head_path, serde_json::to_string(&inner.head)?.as_bytes()) {
+            tracing::warn!("could not update {}: {e:#}", self.head_path.display());
+        }
+        Ok(inner.head.clone())
+    }
+}
+
+/// Room kept free at the end of the log beyond the record being reserved for, so that the record
+/// of a long call (run_experiment) still fits after shorter calls that overlapped it.
+pub const RESERVE_CUSHION: u64 = 64 * 1024;
+
+/// The audit record of a repair.
+pub fn repair_record(r: &Repair) -> AuditRecord {
+    AuditRecord {
+        ts: Utc::now(),
+        kind: RecordKind::default(),
+        tool: REPAIR_TOOL.into(),
+        via: "server".into(),
+        args: r.args(),
+        outcome: Outcome::Ok,
+        reason: Some(r.sentence()),
+        duration_ms: 0.0,
+        run_id: None,
+        train_hash_before: None,
+        train_hash_after: None,
+        prev: String::new(),
     }
 }
 
@@ -148,6 +227,11 @@ pub struct Verification {
     pub head: Head,
     /// The first problem: 1-based line number (0 for the file as a whole) and what is wrong.
     pub first_bad: Option<(u64, String)>,
+    /// The repair records in the log: line number and what the server set right.
+    pub repairs: Vec<(u64, String)>,
+    /// What is not a failure but is said: a torn last line not yet set aside, a recorded head that
+    /// names a line a crash cut (explained by its repair record).
+    pub notes: Vec<String>,
 }
 
 impl Verification {
@@ -158,32 +242,61 @@ impl Verification {
 
 /// Checks the chain line by line, then checks every recorded head (sidecar, ledger lines, commit
 /// trailers) against the log: a recorded head whose line is missing or different means truncation
-/// or an edit after the fact.
+/// or an edit after the fact, unless a repair record explains it (a line a crash cut, set aside
+/// by the next start: the repair record took its place and names it).
 ///
 /// The first bad line is pinpointed: an edited line is the one before the first line whose `prev`
 /// names no line of the log; a moved line is one whose `prev` names a line elsewhere; a line that
-/// is not an audit record is itself bad; a truncated log is caught by a recorded head.
+/// is not an audit record is itself bad; a truncated log is caught by a recorded head. A last line
+/// without its newline that is not a record is a crash's torn line, not yet set aside: noted.
 pub fn verify(path: &Path, recorded_heads: &[(String, Head)]) -> Result<Verification> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let bytes = read_or_empty(path)?;
+    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let mut notes = vec![];
+    // A torn last line (no newline, not a record): not part of the chain.
+    let mut torn_tail = None;
+    if bytes.last().is_some_and(|b| *b != b'\n')
+        && let Some(tail) = lines.last()
+        && serde_json::from_slice::<Chained>(tail).is_err()
+    {
+        let n = lines.len() as u64;
+        notes.push(format!(
+            "line {n} is torn ({} bytes without a newline: a crash cut it); the next server start sets it aside",
+            tail.len()
+        ));
+        torn_tail = Some(n);
+        lines.pop();
+    }
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let hashes: Vec<String> = lines.iter().map(|l| sha256_hex(l)).collect();
     // Built only when the chain breaks, to say where the line came from.
     let mut index: Option<std::collections::HashMap<&str, u64>> = None;
     let mut first_bad = None;
+    let mut repairs = vec![];
+    // Lines of this log that a crash cut and a repair record replaced.
+    let mut cut_lines = std::collections::BTreeSet::new();
     for (i, line) in lines.iter().enumerate() {
         let n = i as u64 + 1;
         let expected = if i == 0 { GENESIS } else { hashes[i - 1].as_str() };
-        let prev = match serde_json::from_slice::<Chained>(line) {
+        let chained = match serde_json::from_slice::<Chained>(line) {
             Err(e) => {
                 first_bad = Some((n, format!("line {n} is not a valid audit record ({e}): it was edited")));
                 break;
             }
-            Ok(c) => c.prev,
+            Ok(c) => c,
         };
+        if chained.tool.as_deref() == Some(REPAIR_TOOL)
+            && let Ok(rec) = serde_json::from_slice::<AuditRecord>(line)
+        {
+            repairs.push((n, rec.reason.clone().unwrap_or_else(|| rec.args.to_string())));
+            if let Ok(Repair::TornTail { file: f, line: cut, .. }) = serde_json::from_value::<Repair>(rec.args.clone())
+                && f == file
+                && cut == n
+            {
+                cut_lines.insert(cut);
+            }
+        }
+        let prev = chained.prev;
         if prev == expected {
             continue;
         }
@@ -234,6 +347,17 @@ pub fn verify(path: &Path, recorded_heads: &[(String, Head)]) -> Result<Verifica
             if found == Some(rec.hash.as_str()) {
                 continue;
             }
+            if cut_lines.contains(&rec.lines) {
+                notes.push(format!(
+                    "{source} recorded line {0}, which a crash cut; it was set aside (the repair record at line {0})",
+                    rec.lines
+                ));
+                continue;
+            }
+            if torn_tail == Some(rec.lines) {
+                notes.push(format!("{source} recorded line {}, the torn last line", rec.lines));
+                continue;
+            }
             first_bad = Some(if rec.lines > head.lines {
                 (
                     head.lines + 1,
@@ -251,27 +375,33 @@ pub fn verify(path: &Path, recorded_heads: &[(String, Head)]) -> Result<Verifica
             break;
         }
     }
-    Ok(Verification { lines: head.lines, head, first_bad })
+    Ok(Verification { lines: head.lines, head, first_bad, repairs, notes })
 }
 
-/// The only field `verify` needs: parsing whole records would double its time on large logs.
+/// The only fields `verify` needs: parsing whole records would double its time on large logs.
 #[derive(Deserialize)]
 struct Chained {
     prev: String,
+    #[serde(default)]
+    tool: Option<String>,
 }
 
-/// Reads every record (for listing and summaries); skips nothing, fails on a malformed line.
+/// Reads every record (for listing and summaries). A line that is not a record (a bad byte, a
+/// torn last line) is reported on stderr with its line number and skipped.
 pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("audit line {} is malformed", i + 1)))
-        .collect()
+    let (recs, problems) = read_all_checked(path)?;
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    Ok(recs)
+}
+
+/// Every record, and the lines that are not records.
+pub fn read_all_checked(path: &Path) -> Result<(Vec<AuditRecord>, Vec<LineProblem>)> {
+    let bytes = read_or_empty(path)?;
+    let (recs, problems) =
+        parse_lines(path, &bytes, |l| serde_json::from_slice::<AuditRecord>(l).map_err(|e| e.to_string()));
+    Ok((recs.into_iter().map(|(_, r)| r).collect(), problems))
 }
 
 /// Reads the head sidecar, if any.
@@ -339,6 +469,7 @@ pub fn what(rec: &AuditRecord) -> String {
         }
         "run_experiment" | "commit" => format!("\"{}\"", s("description").unwrap_or("")),
         "revert" => s("reason").map(|r| format!("\"{r}\"")).unwrap_or_default(),
+        REPAIR_TOOL => s("kind").unwrap_or("").to_string(),
         "append_scratchpad" => {
             format!("{} chars: {}", s("entry").map(|e| e.chars().count()).unwrap_or(0), s("entry").unwrap_or(""))
         }
@@ -452,7 +583,8 @@ pub struct Summary {
 fn reason_key(r: &str) -> String {
     let mut k = String::with_capacity(r.len());
     let mut in_num = false;
-    for c in clean(r, 120).chars() {
+    // The whole reason: a cap would merge reasons that differ only past it.
+    for c in clean(r, usize::MAX).chars() {
         if c.is_ascii_digit() {
             if !in_num {
                 k.push('N');
@@ -492,7 +624,7 @@ pub fn summarize(recs: &[AuditRecord]) -> Summary {
         if let Some(b) = bucket {
             let e = b.entry((r.tool.clone(), reason_key(reason))).or_insert((0, String::new()));
             e.0 += 1;
-            e.1 = clean(reason, 160);
+            e.1 = clean(reason, 300);
         }
         s.first = Some(s.first.map_or(start_of(r), |f| f.min(start_of(r))));
         s.last = Some(s.last.map_or(r.ts, |l| l.max(r.ts)));
@@ -704,6 +836,81 @@ mod tests {
         let (line, why) = verify(&p, &[("sidecar".into(), head)]).unwrap().first_bad.unwrap();
         assert_eq!(line, 5, "{why}");
         assert!(why.contains("different hash for line 5"), "{why}");
+    }
+
+    #[test]
+    fn a_line_a_crash_cut_is_explained_by_its_repair_but_other_damage_is_not() {
+        let (_d, p, h, head5) = log_with(5);
+        let full = std::fs::read(&p).unwrap();
+        let lines: Vec<&[u8]> = full.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        // A power cut takes the second half of line 5, which audit.head (head5) had recorded.
+        let cut = full.len() - 1 - lines[4].len() / 2;
+        std::fs::write(&p, &full[..cut]).unwrap();
+        let v = verify(&p, &[("sidecar".into(), head5.clone())]).unwrap();
+        assert!(v.ok(), "{:?}", v.first_bad);
+        assert!(v.notes.iter().any(|n| n.contains("line 5 is torn")), "{:?}", v.notes);
+        // The writer opens it: the fragment is set aside and a repair record takes line 5.
+        let log = AuditLog::open(&p, &h).unwrap();
+        assert_eq!(log.head().lines, 5);
+        log.append(rec("after")).unwrap();
+        let torn = crate::durable::read_torn(&crate::durable::torn_path(&p));
+        assert_eq!(torn.len(), 1);
+        assert_eq!(torn[0].text.as_deref().map(str::as_bytes), Some(&lines[4][..lines[4].len() - lines[4].len() / 2]));
+        let heads = [("old sidecar".to_string(), head5.clone()), ("sidecar".to_string(), log.head())];
+        let v = verify(&p, &heads).unwrap();
+        assert!(v.ok(), "{:?}", v.first_bad);
+        assert_eq!(v.repairs.len(), 1);
+        assert!(v.repairs[0].0 == 5 && v.repairs[0].1.contains("set aside"), "{:?}", v.repairs);
+        assert!(v.notes.iter().any(|n| n.contains("old sidecar recorded line 5, which a crash cut")), "{:?}", v.notes);
+
+        // Real damage is still found: a recorded head for another line that does not match...
+        let wrong = Head { hash: sha256_hex(b"x"), lines: 4 };
+        let (line, why) = verify(&p, &[("ledger".into(), wrong)]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 4, "{why}");
+        let text = std::fs::read_to_string(&p).unwrap();
+        // ...an edited line...
+        std::fs::write(&p, text.replacen("tool1", "toolX", 1)).unwrap();
+        assert!(!verify(&p, &heads).unwrap().ok());
+        // ...a dropped one, before or after the repair...
+        for drop in [1, 4, 5] {
+            let mut l: Vec<&str> = text.lines().collect();
+            l.remove(drop);
+            std::fs::write(&p, l.join("\n") + "\n").unwrap();
+            assert!(!verify(&p, &heads).unwrap().ok(), "line {} dropped", drop + 1);
+        }
+        // ...and reordered lines.
+        let mut l: Vec<&str> = text.lines().collect();
+        l.swap(4, 5);
+        std::fs::write(&p, l.join("\n") + "\n").unwrap();
+        assert!(!verify(&p, &heads).unwrap().ok());
+        // A repair record naming a line other than its own explains nothing.
+        let mut l: Vec<String> = text.lines().map(String::from).collect();
+        l.truncate(4);
+        std::fs::write(&p, l.join("\n") + "\n").unwrap();
+        let log = AuditLog::open(&p, &h).unwrap();
+        log.append_repair(&Repair::TornTail {
+            file: "audit.jsonl".into(),
+            torn_file: "audit.jsonl.torn".into(),
+            line: 3,
+            offset: 0,
+            bytes: 1,
+            sha256: "00".into(),
+        })
+        .unwrap();
+        let (line, why) =
+            verify(&p, &[("ledger".into(), Head { hash: sha256_hex(b"y"), lines: 3 })]).unwrap().first_bad.unwrap();
+        assert_eq!(line, 3, "{why}");
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_half_line_and_a_deleted_log_comes_back() {
+        let (d, p, h, _) = log_with(3);
+        let log = AuditLog::open(&p, &h).unwrap();
+        std::fs::remove_dir_all(d.path()).unwrap();
+        let head = log.append(rec("after the rm")).unwrap();
+        assert_eq!(head.lines, 5, "3 lines, the restore's repair record, this one");
+        let v = verify(&p, &[("sidecar".into(), read_head_sidecar(&h).unwrap().unwrap())]).unwrap();
+        assert!(v.ok() && v.repairs.len() == 1, "{v:?}");
     }
 
     fn at(tool: &str, end: &str, ms: f64, outcome: Outcome, reason: Option<&str>) -> AuditRecord {

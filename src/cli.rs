@@ -81,8 +81,13 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the sandbox.
-    Doctor,
+    /// Check what works here: sandbox backends, cgroups, the Python env, the toolchain, the GPU inside the
+    /// sandbox; and the workspace's state: the ledger, the audit log, git, and every repair the server made.
+    Doctor {
+        /// Only the workspace's state (ledger, audit log, git, repairs, torn lines set aside), not the machine.
+        #[arg(long)]
+        state: bool,
+    },
     /// Write the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
     Synth {
         /// Output folder (default: the workspace's data/synthetic).

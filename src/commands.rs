@@ -54,24 +54,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::supervisor::saturday(&paths, opts).await
         }
         Command::Status => {
+            require_workspace(&paths)?;
             print!("{}", crate::status::render(&paths)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { description, seeds } => run_once(&paths, RunExperimentArgs { description, seeds }).await,
         Command::Audit { action, tool, outcome, since, until } => {
+            require_workspace(&paths)?;
             audit_cmd(&paths, action.unwrap_or(AuditAction::List), (tool, outcome, since, until))
         }
-        Command::Doctor => {
-            let checks = crate::doctor::run(&root).await;
+        Command::Doctor { state } => {
+            let checks = if state { crate::doctor::state_checks(&root) } else { crate::doctor::run(&root).await };
             Ok(if crate::doctor::print(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Report { out, test } => {
+            require_workspace(&paths)?;
             if test {
                 report_test(&paths).await?;
             }
             report(&paths, out)
         }
-        Command::Export { out, run } => export(&paths, out, run),
+        Command::Export { out, run } => {
+            require_workspace(&paths)?;
+            export(&paths, out, run)
+        }
         Command::Synth { out, size } => {
             let spec = match size.as_str() {
                 "demo" => SynthSpec::demo(),
@@ -102,14 +108,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 config,
                 server_bin: std::env::current_exe()?,
             };
-            let ws = scaffold.create(&dir)?;
-            init(&Paths::new(&ws), &tag)?;
+            let ws = scaffold.create(&dir).with_context(|| format!("new workspace {}", dir.display()))?;
+            init(&Paths::new(&ws), &tag).with_context(|| format!("init the new workspace {}", ws.display()))?;
             println!("{}", ws.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::UnsandboxedExperiment(args) => crate::direct::main(&root, args).await,
         Command::SandboxExec => unreachable!("handled in main before the runtime starts"),
     }
+}
+
+/// Refuses a folder that is not a workspace (no `.autoresearch/`) before anything is read or written
+/// there: `-C /etc report` must not create `/etc/.autoresearch/`.
+fn require_workspace(paths: &Paths) -> Result<()> {
+    if !paths.state().is_dir() {
+        bail!(
+            "{} is not an autoresearch workspace: it has no {} (run `autoresearch-mcp init --tag <tag>` in the repository first, or pass -C <workspace>)",
+            paths.root.display(),
+            paths.relative(&paths.state()).display()
+        );
+    }
+    Ok(())
 }
 
 fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
@@ -297,7 +316,7 @@ fn audit_cmd(
         AuditAction::Verify => {
             let heads = recorded_heads(paths)?;
             let v = audit::verify(&paths.audit(), &heads)?;
-            match &v.first_bad {
+            let code = match &v.first_bad {
                 None => {
                     println!(
                         "audit log OK: {} lines, head {}, {} recorded heads match",
@@ -305,13 +324,23 @@ fn audit_cmd(
                         &v.head.hash[..16],
                         heads.len()
                     );
-                    Ok(ExitCode::SUCCESS)
+                    ExitCode::SUCCESS
                 }
                 Some((line, why)) => {
                     println!("audit log FAILED verification at line {line}: {why}");
-                    Ok(ExitCode::from(1))
+                    ExitCode::from(1)
                 }
+            };
+            for (line, what) in &v.repairs {
+                println!("repair at line {line}: {what}");
             }
+            for note in &v.notes {
+                println!("note: {note}");
+            }
+            for p in crate::ledger::Ledger::open(&paths.ledger())?.problems() {
+                println!("note: {p} (its recorded audit head is not checked)");
+            }
+            Ok(code)
         }
         AuditAction::List | AuditAction::Summary => {
             let (tool, outcome, since, until) = filter;

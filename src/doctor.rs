@@ -161,7 +161,189 @@ pub async fn run(root: &Path) -> Vec<Check> {
             "no NVIDIA device: experiments run on CPU (profile cpu or tests)".into()
         },
     });
+    if root.join(".autoresearch").is_dir() {
+        out.extend(state_checks(root));
+    }
     out
+}
+
+/// The workspace's state: lines of the ledger and the audit log that are not records (file and
+/// line), torn lines set aside (`*.torn`), the repairs recorded in the audit log, the audit chain,
+/// git (HEAD, locks, the branch against the ledger's kept lines) and stale temp files.
+pub fn state_checks(root: &Path) -> Vec<Check> {
+    use crate::durable::{read_torn, torn_path};
+    let paths = crate::paths::Paths::new(root);
+    let mut out = vec![];
+    if !paths.state().is_dir() {
+        out.push(Check {
+            name: "workspace state",
+            level: Level::Warn,
+            detail: format!("{} is not an autoresearch workspace (no .autoresearch/)", root.display()),
+        });
+        return out;
+    }
+    let problems_detail = |n: usize, what: &str, problems: &[crate::durable::LineProblem]| {
+        let mut d = format!("{n} {what}");
+        for p in problems {
+            d.push_str(&format!("; {p}"));
+        }
+        d
+    };
+    let ledger = crate::ledger::Ledger::open(&paths.ledger());
+    match &ledger {
+        Ok(l) => out.push(Check {
+            name: "ledger",
+            level: if l.problems().is_empty() { Level::Ok } else { Level::Warn },
+            detail: problems_detail(l.events().len(), "events", l.problems()),
+        }),
+        Err(e) => out.push(Check { name: "ledger", level: Level::Fail, detail: format!("{e:#}") }),
+    }
+    match crate::audit::read_all_checked(&paths.audit()) {
+        Ok((recs, problems)) => out.push(Check {
+            name: "audit log",
+            level: if problems.is_empty() { Level::Ok } else { Level::Warn },
+            detail: problems_detail(recs.len(), "records", &problems),
+        }),
+        Err(e) => out.push(Check { name: "audit log", level: Level::Fail, detail: format!("{e:#}") }),
+    }
+    let verified = crate::service::recorded_heads(&paths).and_then(|h| crate::audit::verify(&paths.audit(), &h));
+    match verified {
+        Ok(v) => {
+            out.push(Check {
+                name: "audit chain",
+                level: if v.ok() { Level::Ok } else { Level::Fail },
+                detail: match &v.first_bad {
+                    None => format!(
+                        "{} lines verify (`audit verify`){}",
+                        v.lines,
+                        v.notes.iter().map(|n| format!("; {n}")).collect::<String>()
+                    ),
+                    Some((line, why)) => format!("fails at line {line}: {why}"),
+                },
+            });
+            out.push(Check {
+                name: "repairs",
+                level: if v.repairs.is_empty() { Level::Ok } else { Level::Warn },
+                detail: if v.repairs.is_empty() {
+                    "none: the server never had to set its state right".into()
+                } else {
+                    let mut d = format!("{} recorded in the audit log", v.repairs.len());
+                    for (line, what) in &v.repairs {
+                        d.push_str(&format!("; line {line}: {what}"));
+                    }
+                    d
+                },
+            });
+        }
+        Err(e) => out.push(Check { name: "audit chain", level: Level::Fail, detail: format!("{e:#}") }),
+    }
+    let mut torn = vec![];
+    for file in [paths.ledger(), paths.audit()] {
+        let t = torn_path(&file);
+        let entries = read_torn(&t);
+        if let Some(last) = entries.last() {
+            torn.push(format!(
+                "{}: {} fragment(s) set aside, the latest {} bytes from line {} on {} (sha256 {})",
+                paths.relative(&t).display(),
+                entries.len(),
+                last.bytes,
+                last.line,
+                last.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                &last.sha256[..16]
+            ));
+        }
+    }
+    out.push(Check {
+        name: "torn lines set aside",
+        level: if torn.is_empty() { Level::Ok } else { Level::Warn },
+        detail: if torn.is_empty() { "none".into() } else { torn.join("; ") },
+    });
+    out.push(git_check(&paths, ledger.as_ref().ok()));
+    let stale: Vec<String> = [paths.state(), paths.reverts(), paths.root.clone(), paths.trainer().join("src")]
+        .iter()
+        .flat_map(|d| crate::fsutil::stale_temps(d))
+        .map(|p| paths.relative(&p).display().to_string())
+        .collect();
+    out.push(Check {
+        name: "temp files",
+        level: if stale.is_empty() { Level::Ok } else { Level::Warn },
+        detail: if stale.is_empty() {
+            "no temp file of a dead process".into()
+        } else {
+            format!("left by processes that died (the next server start removes them): {}", stale.join(", "))
+        },
+    });
+    out
+}
+
+/// HEAD on the experiment branch, no git lock held, every commit on the branch kept in the ledger
+/// and every kept line's commit on the branch.
+fn git_check(paths: &crate::paths::Paths, ledger: Option<&crate::ledger::Ledger>) -> Check {
+    let r = (|| -> anyhow::Result<(Level, String)> {
+        let ws = crate::workspace::Workspace::open(&paths.root)?;
+        let bytes = std::fs::read(paths.workspace_state())?;
+        let state: crate::workspace::WorkspaceState = serde_json::from_slice(&bytes)?;
+        let mut level = Level::Ok;
+        let mut said = vec![];
+        if let Err(why) = ws.check_head(&state.branch) {
+            level = Level::Fail;
+            said.push(format!("{why}: the server refuses to change anything until it is checked out again"));
+        }
+        for lock in ws.git_locks(&state.branch) {
+            level = level.max_with(Level::Warn);
+            said.push(format!("{} exists: commits are refused while it does", lock.display()));
+        }
+        let commits = ws.branch_commits_since(&state.branch, &state.baseline_commit)?;
+        let kept: Vec<String> = ledger
+            .map(|l| {
+                l.events()
+                    .iter()
+                    .filter_map(|e| match e {
+                        crate::ledger::Event::Kept { commit, .. } => Some(commit.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<&str> = commits.iter().filter(|c| !kept.contains(&c.0)).map(|c| &c.0[..10]).collect();
+        if !missing.is_empty() {
+            level = level.max_with(Level::Warn);
+            said.push(format!(
+                "commits on {} without a kept line: {} (the next server start adds those it made)",
+                state.branch,
+                missing.join(", ")
+            ));
+        }
+        let gone: Vec<&str> =
+            kept.iter().filter(|k| !commits.iter().any(|c| &c.0 == *k)).map(|k| &k[..10.min(k.len())]).collect();
+        if !gone.is_empty() {
+            level = Level::Fail;
+            said.push(format!("kept commits not on {}: {} (the branch was reset)", state.branch, gone.join(", ")));
+        }
+        if said.is_empty() {
+            said.push(format!(
+                "HEAD on {}, no git lock, {} commit(s) on the branch and as many kept lines",
+                state.branch,
+                commits.len()
+            ));
+        }
+        Ok((level, said.join("; ")))
+    })();
+    match r {
+        Ok((level, detail)) => Check { name: "git", level, detail },
+        Err(e) => Check { name: "git", level: Level::Fail, detail: format!("{e:#}") },
+    }
+}
+
+impl Level {
+    fn max_with(self, other: Level) -> Level {
+        let rank = |l: Level| match l {
+            Level::Ok => 0,
+            Level::Warn => 1,
+            Level::Fail => 2,
+        };
+        if rank(other) > rank(self) { other } else { self }
+    }
 }
 
 /// The installed Claude Code against the tested version, and `.mcp.json`'s per-call timeout against

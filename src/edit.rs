@@ -20,6 +20,8 @@ pub enum EditError {
     BadRange { start: i64, end: i64, len: usize },
     #[error("the edit would make train.rs {0} bytes, over the {MAX_FILE_BYTES}-byte cap")]
     TooLarge(usize),
+    #[error("old_str and new_str are identical: the edit would change nothing, so nothing was edited")]
+    NoChange,
     #[error("the text contains a NUL or other control character (U+{0:04X}); only tabs and newlines are allowed")]
     ControlChar(u32),
 }
@@ -54,6 +56,7 @@ pub fn str_replace(text: &str, old: &str, new: &str) -> Result<String, EditError
     let starts: Vec<usize> = text.match_indices(old).map(|(i, _)| i).collect();
     match starts.len() {
         0 => Err(EditError::NotFound),
+        1 if old == new => Err(EditError::NoChange),
         1 => finish(text.replacen(old, new, 1)),
         count => {
             let lines = starts
@@ -134,6 +137,7 @@ mod tests {
         assert_eq!(str_replace(T, "b", "y"), Err(EditError::NotUnique { count: 2, lines: "2, 4".into() }));
         assert_eq!(str_replace(T, "", "y"), Err(EditError::EmptyOld));
         assert_eq!(str_replace(T, "a", "\u{0}"), Err(EditError::ControlChar(0)));
+        assert_eq!(str_replace(T, "c\n", "c\n"), Err(EditError::NoChange));
     }
 
     #[test]

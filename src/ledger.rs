@@ -2,9 +2,12 @@
 //! A run is `started` before anything runs and `finished` after; `kept` and `reverted` record the
 //! agent's decisions. Folding the events gives the runs table that `read_metrics` serves. A server
 //! that crashed leaves `started` without `finished`: the next server marks those runs `abandoned`.
+//!
+//! Written through a [`crate::durable::AppendFile`] (a torn last line is set aside, never appended
+//! onto; a failed append is undone; the file is put back if deleted under the server). Readers skip
+//! a line that is not an event, naming its file and line.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -13,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Head;
-use crate::fsutil::open_append;
+use crate::durable::{AppendFile, LineProblem, Repair, parse_lines, read_or_empty};
 use crate::score::Metrics;
 
 /// Everything that must match for two runs' scores to be comparable.
@@ -207,44 +210,114 @@ impl Run {
 pub struct Ledger {
     path: PathBuf,
     events: Vec<Event>,
+    /// The line number of each event.
+    lines: Vec<u64>,
+    /// Lines that are not events (named with their line number; readers skip them, the writer
+    /// never drops them).
+    problems: Vec<LineProblem>,
+    /// The writer's open file (the server's, or the first `append`'s).
+    file: Option<AppendFile>,
+}
+
+fn valid_event(line: &[u8]) -> bool {
+    serde_json::from_slice::<Event>(line).is_ok()
+}
+
+fn parse_events(path: &Path, bytes: &[u8]) -> (Vec<Event>, Vec<u64>, Vec<LineProblem>) {
+    let (events, problems) =
+        parse_lines(path, bytes, |l| serde_json::from_slice::<Event>(l).map_err(|e| e.to_string()));
+    let lines = events.iter().map(|(n, _)| *n).collect();
+    (events.into_iter().map(|(_, e)| e).collect(), lines, problems)
 }
 
 impl Ledger {
-    /// Loads the ledger. A torn last line (a crash mid-write) is ignored; any other bad line is an error.
+    /// Loads the ledger for reading; never modifies it. A line that is not an event (a bad byte, a
+    /// torn last line) is reported with its file and line number and skipped.
     pub fn open(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let mut events = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Event>(line) {
-                Ok(ev) => events.push(ev),
-                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                    tracing::warn!("ignoring a torn last line in {}", path.display());
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("{} line {} is malformed", path.display(), i + 1));
-                }
-            }
+        let bytes = read_or_empty(path)?;
+        let (events, lines, problems) = parse_events(path, &bytes);
+        for p in &problems {
+            tracing::warn!("{p}");
         }
-        Ok(Self { path: path.to_path_buf(), events })
+        Ok(Self { path: path.to_path_buf(), events, lines, problems, file: None })
     }
 
+    /// Loads the ledger as its writer (the server): the file stays open, a torn last line is set
+    /// aside into `runs.jsonl.torn` (see [`Ledger::take_repairs`]); malformed middle lines are
+    /// reported and kept where they are.
+    pub fn open_for_append(path: &Path) -> Result<Self> {
+        let (file, bytes) = AppendFile::open(path, valid_event)?;
+        let (events, lines, problems) = parse_events(path, &bytes);
+        for p in &problems {
+            tracing::warn!("{p}; the server keeps the line and appends after it");
+        }
+        Ok(Self { path: path.to_path_buf(), events, lines, problems, file: Some(file) })
+    }
+
+    fn writer(&mut self) -> Result<&mut AppendFile> {
+        if self.file.is_none() {
+            let (file, _) = AppendFile::open(&self.path, valid_event)?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    /// Appends one event: one fsynced line, on a line boundary; nothing is written if it fails.
     pub fn append(&mut self, ev: Event) -> Result<()> {
-        let mut line = serde_json::to_string(&ev)?;
-        line.push('\n');
-        let mut f = open_append(&self.path)?;
-        f.write_all(line.as_bytes())?;
-        f.sync_data().context("fsync ledger")?;
+        let line = serde_json::to_string(&ev)?;
+        let writer = self.writer()?;
+        writer.append(line.as_bytes()).context("write the ledger")?;
+        let n = writer.lines();
+        self.lines.push(n);
         self.events.push(ev);
         Ok(())
     }
 
+    /// Reserves room for `bytes` more bytes of ledger lines (a full disk fails here, before acting).
+    pub fn reserve(&mut self, bytes: u64) -> Result<()> {
+        self.writer()?.reserve(bytes)
+    }
+
+    /// Puts the file back if it was deleted under the writer (from the open file).
+    pub fn ensure_in_place(&mut self) -> Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.ensure_in_place(),
+            None => Ok(()),
+        }
+    }
+
+    /// What the writer set right since the last call (torn tail set aside, file restored).
+    pub fn take_repairs(&mut self) -> Vec<Repair> {
+        self.file.as_mut().map(AppendFile::take_repairs).unwrap_or_default()
+    }
+
+    /// Lines that are not events, with their line numbers.
+    pub fn problems(&self) -> &[LineProblem] {
+        &self.problems
+    }
+
+    /// The number of the next run: past every run id in the ledger (a run whose `started` line is
+    /// unreadable still holds its number through its run folder, which the caller checks).
+    pub fn next_run_number(&self) -> usize {
+        let max_id = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Started { run_id, .. } => run_id.strip_prefix('r')?.parse::<usize>().ok(),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        max_id.max(self.runs().len()) + 1
+    }
+
     pub fn events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// Each event with its 1-based line number in the file.
+    pub fn numbered_events(&self) -> impl Iterator<Item = (u64, &Event)> {
+        self.lines.iter().copied().zip(self.events.iter())
     }
 
     /// All runs in start order.
@@ -312,4 +385,83 @@ pub fn reference_run<'a>(runs: &'a [Run], fp: &Fingerprint, baseline_hash: &str)
     };
     best_of(runs.iter().filter(comparable).filter(|r| r.kept).collect())
         .or_else(|| best_of(runs.iter().filter(comparable).filter(|r| r.train_hash == baseline_hash).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(id: &str) -> Event {
+        Event::Started {
+            run_id: id.into(),
+            at: Utc::now(),
+            train_hash: "h".into(),
+            description: "d".into(),
+            fingerprint: Fingerprint {
+                harness: "h".into(),
+                data: "d".into(),
+                val_n: 1,
+                budget_seconds: 1,
+                profile: "tests".into(),
+                device: "cpu".into(),
+                libtorch: "x".into(),
+                towers: String::new(),
+            },
+            seed: 1,
+            repeat_of: None,
+            audit: Head { hash: crate::audit::GENESIS.into(), lines: 0 },
+        }
+    }
+
+    fn finished(id: &str) -> Event {
+        Event::Finished {
+            run_id: id.into(),
+            at: Utc::now(),
+            status: RunStatus::Crashed,
+            metrics: None,
+            reported: Reported::default(),
+            phases: Box::default(),
+            overran: false,
+            message: None,
+            audit: Head { hash: crate::audit::GENESIS.into(), lines: 0 },
+        }
+    }
+
+    #[test]
+    fn a_bad_middle_line_is_named_skipped_and_kept_and_run_numbers_go_past_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("runs.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        for id in ["r0001", "r0002", "r0003"] {
+            l.append(started(id)).unwrap();
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        bytes[second + 2] = 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        let mut l = Ledger::open_for_append(&p).unwrap();
+        assert_eq!(l.runs().len(), 2);
+        assert_eq!(l.problems().len(), 1);
+        assert!(l.problems()[0].to_string().contains("runs.jsonl line 2 is malformed"), "{}", l.problems()[0]);
+        assert_eq!(l.next_run_number(), 4, "r0003 is still in the ledger");
+        assert_eq!(l.numbered_events().map(|(n, _)| n).collect::<Vec<_>>(), [1, 3]);
+        l.append(finished("r0003")).unwrap();
+        assert!(std::fs::read(&p).unwrap().starts_with(&bytes), "the writer never drops the bad line");
+    }
+
+    #[test]
+    fn a_run_whose_state_folder_is_deleted_mid_run_still_finishes() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join(".autoresearch");
+        std::fs::create_dir(&state).unwrap();
+        let p = state.join("runs.jsonl");
+        let mut l = Ledger::open_for_append(&p).unwrap();
+        l.append(started("r0001")).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+        l.append(finished("r0001")).unwrap();
+        let on_disk = Ledger::open(&p).unwrap();
+        assert_eq!(on_disk.events().len(), 2, "both lines: the started one restored from the open file");
+        assert_eq!(on_disk.runs()[0].status, RunStatus::Crashed, "not shown as running");
+        assert!(matches!(&l.take_repairs()[..], [Repair::Restored { .. }]));
+    }
 }

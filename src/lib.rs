@@ -14,7 +14,10 @@
 //! - [`workspace`]: the git repository (git2), `train.rs` read/write, commit and revert.
 //! - [`edit`]: the text operations of `edit_train` (view, str_replace, insert).
 //! - [`ledger`]: `.autoresearch/runs.jsonl`, the append-only record of every run.
-//! - [`audit`]: `.autoresearch/audit.jsonl`, the hash-chained record of every tool call.
+//! - [`audit`]: `.autoresearch/audit.jsonl`, the hash-chained record of every tool call (and of every
+//!   repair the server made to its own state).
+//! - [`durable`]: append-only files that heal: torn lines set aside, failed appends undone, room
+//!   reserved before acting, files deleted under the server put back.
 //! - [`synth`]: the built-in synthetic grounded dataset (ODVG JSONL + PNG images).
 //! - [`untrusted`]: how program output is cleaned and fenced before the agent sees it.
 //! - [`report`]: the Sunday-morning report: progress chart, results tables, every diff, one HTML page.
@@ -33,6 +36,7 @@ pub mod data;
 pub mod dataset;
 pub mod direct;
 pub mod doctor;
+pub mod durable;
 pub mod edit;
 pub mod experiment;
 pub mod export;

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditLog, AuditRecord, Head, Outcome, PROTOCOL_TOOL, RecordKind};
 use crate::config::Config;
+use crate::durable::Repair;
 use crate::edit::{self, EditError};
 use crate::experiment::{Runner, Toolchain};
-use crate::fsutil::{free_bytes, one_line, open_append, sha256_hex, write_atomic};
+use crate::fsutil::{free_bytes, is_disk_full, one_line, open_append, sha256_hex, write_atomic};
 use crate::ledger::{self, Event, Fingerprint, Ledger, Run, RunStatus};
 use crate::noise;
 use crate::paths::Paths;
@@ -28,7 +29,7 @@ use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
 use crate::score::{Metrics, agent_delta, round_rank};
 use crate::supervisor::RunLimits;
-use crate::workspace::{Workspace, WorkspaceState};
+use crate::workspace::{CommitError, Workspace, WorkspaceState};
 
 /// Longest description accepted for a run or commit.
 pub const MAX_DESCRIPTION: usize = 200;
@@ -238,8 +239,20 @@ pub struct Service {
     pub shutdown: CancellationToken,
     /// The deadline and experiment budget a supervisor set (`serve --deadline --max-runs`).
     limits: RunLimits,
-    _lock: File,
+    /// The one-server lock (taken again if `.autoresearch/` is deleted under the server).
+    lock: Mutex<File>,
+    /// Calls answered "disk full" without an audit record since the last record: how many, the
+    /// first and last time, and why; recorded as soon as the log has room again.
+    unrecorded: Mutex<Option<Unrecorded>>,
 }
+
+/// Calls refused unrecorded: how many, the first and last time, the reason.
+type Unrecorded = (u64, chrono::DateTime<Utc>, chrono::DateTime<Utc>, String);
+
+/// Bytes reserved in the ledger before a call that writes one line of it (a line is under 4 KiB).
+const LEDGER_LINE_RESERVE: u64 = 16 * 1024;
+/// An audit record's size beyond its arguments (times, hashes, a reason of at most 300 characters).
+const RECORD_OVERHEAD: u64 = 4 * 1024;
 
 impl Service {
     /// Opens a workspace for serving: takes the one-server lock, loads state, marks runs a crashed
@@ -251,9 +264,26 @@ impl Service {
         let state = ws.state()?;
         let lock = take_lock(&paths)?;
         let config = Config::load(&paths.config())?;
-        std::fs::create_dir_all(paths.runs())?;
-        let audit = AuditLog::open(&paths.audit(), &paths.audit_head())?;
-        let mut ledger = Ledger::open(&paths.ledger())?;
+        std::fs::create_dir_all(paths.runs()).with_context(|| format!("create {}", paths.runs().display()))?;
+        // Temp files of processes that died mid-write (this server's own pid included: a dead
+        // process may have had it).
+        for dir in temp_dirs(&paths) {
+            for p in crate::fsutil::clean_stale_temps(&dir) {
+                tracing::warn!("removed {}, a temp file left by a process that died", p.display());
+            }
+        }
+        let stale_locks = ws.clear_stale_locks(&state.branch);
+        let audit = AuditLog::open(&paths.audit(), &paths.audit_head())
+            .with_context(|| format!("open the audit log {}", paths.audit().display()))?;
+        for p in stale_locks {
+            audit.append_repair(&Repair::StaleGitLock { path: paths.relative(&p).display().to_string() })?;
+        }
+        let mut ledger = Ledger::open_for_append(&paths.ledger())
+            .with_context(|| format!("open the ledger {}", paths.ledger().display()))?;
+        for r in ledger.take_repairs() {
+            audit.append_repair(&r)?;
+        }
+        reconcile(&ws, &state, &mut ledger, &audit)?;
         let reaped = crate::sandbox::cgroup::reap_orphans();
         if reaped > 0 {
             tracing::warn!(reaped, "removed job cgroups left by a server that died");
@@ -303,7 +333,8 @@ impl Service {
             in_flight: Mutex::new(None),
             shutdown: CancellationToken::new(),
             limits: RunLimits::default(),
-            _lock: lock,
+            lock: Mutex::new(lock),
+            unrecorded: Mutex::new(None),
         })
     }
 
@@ -327,16 +358,119 @@ impl Service {
         self.in_flight.lock().unwrap().clone()
     }
 
-    /// Runs `f` and writes its audit record.
-    fn audited(&self, tool: &str, via: &str, args: Value, f: impl FnOnce() -> Reply) -> Reply {
+    /// Runs `f` and writes its audit record; nothing runs when the record could not be written.
+    fn audited(&self, tool: &str, via: &str, args: Value, ledger_lines: u64, f: impl FnOnce() -> Reply) -> Reply {
         let start = Instant::now();
+        if let Some(refusal) = self.preflight(&args, ledger_lines) {
+            return refusal;
+        }
         let before = self.train_hash();
         let reply = f();
-        self.record(tool, via, args, &reply, before, start);
-        reply
+        self.record(tool, via, args, reply, before, start)
     }
 
-    fn record(&self, tool: &str, via: &str, args: Value, reply: &Reply, before: Option<String>, start: Instant) {
+    /// Before a call acts: puts back state files deleted under the server, then reserves room for
+    /// the call's audit record (and `ledger_lines` ledger lines). `Some(reply)` when there is no
+    /// room: the call must do nothing and answer that (it cannot be recorded either).
+    fn preflight(&self, args: &Value, ledger_lines: u64) -> Option<Reply> {
+        self.ensure_state();
+        let need = serde_json::to_string(args).map(|a| a.len() as u64).unwrap_or(0) + RECORD_OVERHEAD;
+        let failed = match self.audit.reserve(need) {
+            Err(e) => Some(("the audit record", e)),
+            Ok(()) if ledger_lines > 0 => self
+                .ledger
+                .lock()
+                .unwrap()
+                .reserve(ledger_lines * LEDGER_LINE_RESERVE)
+                .err()
+                .map(|e| ("the ledger line", e)),
+            Ok(()) => None,
+        };
+        let Some((what, e)) = failed else {
+            self.record_unrecorded();
+            return None;
+        };
+        let text = if is_disk_full(&e) {
+            format!(
+                "disk full: {what} could not be written ({}); nothing was done. Ask the operator to free space on the disk of {}, then call again.",
+                e.root_cause(),
+                self.paths.state().display()
+            )
+        } else {
+            format!("{what} could not be written ({e:#}); nothing was done")
+        };
+        tracing::error!("a call was refused unrecorded: {text}");
+        let now = Utc::now();
+        let mut u = self.unrecorded.lock().unwrap();
+        *u = Some(match u.take() {
+            Some((n, first, _, _)) => (n + 1, first, now, first_line(&text)),
+            None => (1, now, now, first_line(&text)),
+        });
+        Some(Reply::error(text))
+    }
+
+    /// Records the calls refused unrecorded (a full disk) once the log has room again.
+    fn record_unrecorded(&self) {
+        let Some((calls, first, last, reason)) = self.unrecorded.lock().unwrap().take() else { return };
+        let r = Repair::UnrecordedCalls { calls, first: first.to_rfc3339(), last: last.to_rfc3339(), reason };
+        if let Err(e) = self.audit.append_repair(&r) {
+            tracing::error!("cannot write the audit log: {e:#}");
+        }
+    }
+
+    /// Puts back what was deleted under the server: the audit log and the ledger (from the open
+    /// files: every acknowledged line), workspace.json (from memory) and the one-server lock.
+    fn ensure_state(&self) {
+        let mut repairs = vec![];
+        if let Err(e) = self.audit.ensure_in_place() {
+            tracing::error!("cannot restore the audit log: {e:#}");
+        }
+        {
+            let mut ledger = self.ledger.lock().unwrap();
+            if let Err(e) = ledger.ensure_in_place() {
+                tracing::error!("cannot restore the ledger: {e:#}");
+            }
+            repairs.extend(ledger.take_repairs());
+        }
+        let ws_state = self.paths.workspace_state();
+        if !ws_state.exists() {
+            let json = serde_json::to_string_pretty(&self.state).unwrap_or_default();
+            match write_atomic(&ws_state, json.as_bytes()) {
+                Ok(()) => repairs.push(Repair::Restored {
+                    file: "workspace.json".into(),
+                    bytes: json.len() as u64,
+                    replaced: None,
+                }),
+                Err(e) => tracing::error!("cannot restore {}: {e:#}", ws_state.display()),
+            }
+        }
+        if !self.paths.lock().exists() {
+            match take_lock(&self.paths) {
+                Ok(f) => {
+                    *self.lock.lock().unwrap() = f;
+                    repairs.push(Repair::Restored { file: "lock".into(), bytes: 0, replaced: None });
+                }
+                Err(e) => tracing::error!("cannot take the workspace lock again: {e:#}"),
+            }
+        }
+        for r in repairs {
+            if let Err(e) = self.audit.append_repair(&r) {
+                tracing::error!("cannot write the audit log: {e:#}");
+            }
+        }
+    }
+
+    /// Writes the call's audit record. If that fails after the call acted, the call is answered as
+    /// an error that says so (space was reserved beforehand, so only an I/O error gets here).
+    fn record(
+        &self,
+        tool: &str,
+        via: &str,
+        args: Value,
+        reply: Reply,
+        before: Option<String>,
+        start: Instant,
+    ) -> Reply {
         let rec = AuditRecord {
             ts: Utc::now(),
             kind: RecordKind::ToolCall,
@@ -351,8 +485,18 @@ impl Service {
             train_hash_after: self.train_hash(),
             prev: String::new(),
         };
-        if let Err(e) = self.audit.append(rec) {
-            tracing::error!("cannot write the audit log: {e:#}");
+        match self.audit.append(rec) {
+            Ok(_) => reply,
+            Err(e) => {
+                tracing::error!("cannot write the audit log: {e:#}");
+                let mut r = reply;
+                r.text = format!(
+                    "{}\n\nerror: this call's audit record could not be written ({e:#}); what the call did above is done",
+                    r.text.trim_end()
+                );
+                r.outcome = Outcome::Error;
+                r
+            }
         }
     }
 
@@ -379,11 +523,21 @@ impl Service {
         }
     }
 
+    /// A refusal when HEAD is not on the experiment branch (the user switched branches).
+    fn off_branch(&self, ws: &Workspace) -> Option<Reply> {
+        ws.check_head(&self.state.branch).err().map(|why| {
+            Reply::refused(format!(
+                "refused: {why}; nothing was changed. Check the experiment branch out again (`git checkout {}`), then retry.",
+                self.state.branch
+            ))
+        })
+    }
+
     // -------------------------------------------------------------------------------- edit_train
 
     pub fn edit_train(&self, args: EditTrainArgs, via: &str) -> Reply {
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
-        self.audited("edit_train", via, json, || self.edit_inner(&args))
+        self.audited("edit_train", via, json, 0, || self.edit_inner(&args))
     }
 
     fn edit_inner(&self, a: &EditTrainArgs) -> Reply {
@@ -400,6 +554,11 @@ impl Service {
             return Reply::refused(format!("refused: run {id} is in flight; edit after it finishes"));
         }
         let ws = self.ws.lock().unwrap();
+        if a.command != EditCommand::View
+            && let Some(r) = self.off_branch(&ws)
+        {
+            return r;
+        }
         let text = match ws.read_train().map(String::from_utf8) {
             Err(e) => {
                 return Reply::refused(format!(
@@ -445,7 +604,7 @@ impl Service {
             Err(e) => return edit_err(e),
         };
         if let Err(e) = ws.write_train(&new) {
-            return Reply::error(format!("could not write train.rs: {e:#}"));
+            return Reply::error(format!("could not write train.rs, it is unchanged: {e:#}"));
         }
         let kept = ws.kept_train().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         let diff = edit::unified_diff(&kept, &new);
@@ -483,11 +642,14 @@ impl Service {
         phase: watch::Sender<String>,
     ) -> Reply {
         let start = Instant::now();
-        let before = self.train_hash();
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        // Room for the call's record and the run's two ledger lines, or nothing runs.
+        if let Some(refusal) = self.preflight(&json, 2) {
+            return refusal;
+        }
+        let before = self.train_hash();
         let reply = self.run_inner(&args, cancel, &phase).await;
-        self.record("run_experiment", via, json, &reply, before, start);
-        reply
+        self.record("run_experiment", via, json, reply, before, start)
     }
 
     async fn run_inner(
@@ -515,7 +677,11 @@ impl Service {
             if let Some(id) = slot.as_ref() {
                 return Reply::refused(format!("refused: run {id} is already in flight; one run at a time"));
             }
-            let n = self.ledger.lock().unwrap().runs().len() + 1;
+            let mut n = self.ledger.lock().unwrap().next_run_number();
+            // A run whose ledger line is unreadable still holds its number through its folder.
+            while self.paths.run_dir(&format!("r{n:04}")).exists() {
+                n += 1;
+            }
             let id = format!("r{n:04}");
             *slot = Some(id.clone());
             id
@@ -543,6 +709,9 @@ impl Service {
         phase: &watch::Sender<String>,
     ) -> Reply {
         let setup_started = Instant::now();
+        if let Some(r) = self.off_branch(&self.ws.lock().unwrap()) {
+            return r;
+        }
         match free_bytes(&self.paths.root) {
             Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
                 return Reply::refused(format!(
@@ -674,7 +843,7 @@ impl Service {
 
     pub fn read_metrics(&self, args: ReadMetricsArgs, via: &str) -> Reply {
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
-        self.audited("read_metrics", via, json, || {
+        self.audited("read_metrics", via, json, 0, || {
             let view = self.metrics_view(&args);
             let mut r = Reply::ok(render_view(&view));
             r.structured = serde_json::to_value(&view).ok();
@@ -703,7 +872,7 @@ impl Service {
 
     pub fn commit(&self, args: CommitArgs, via: &str) -> Reply {
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
-        self.audited("commit", via, json, || self.commit_inner(&args))
+        self.audited("commit", via, json, 1, || self.commit_inner(&args))
     }
 
     fn commit_inner(&self, args: &CommitArgs) -> Reply {
@@ -715,7 +884,11 @@ impl Service {
             return Reply::refused(format!("refused: run {id} is in flight; commit after it finishes"));
         }
         let ws = self.ws.lock().unwrap();
-        let (current, kept) = match (ws.read_train(), ws.kept_train()) {
+        if let Some(r) = self.off_branch(&ws) {
+            return r;
+        }
+        let branch = &self.state.branch;
+        let (current, (parent, kept)) = match (ws.read_train(), ws.kept_at(branch)) {
             (Ok(c), Ok(k)) => (c, k),
             (Err(e), _) | (_, Err(e)) => return Reply::refused(format!("refused: cannot read train.rs: {e:#}")),
         };
@@ -768,9 +941,18 @@ impl Service {
             head.hash,
             head.lines
         );
-        let commit = match ws.commit_train(&current, &message) {
+        let commit = match ws.commit_on(branch, parent, &current, &message) {
             Ok(c) => c,
-            Err(e) => return Reply::error(format!("git commit failed: {e:#}")),
+            Err(CommitError::Refused(why)) => {
+                return Reply::refused(format!(
+                    "refused: {why}. Nothing was committed and the ledger is unchanged; commit again once that is resolved."
+                ));
+            }
+            Err(CommitError::Failed(why)) => {
+                return Reply::error(format!(
+                    "git commit failed before the branch moved: {why}. Nothing was committed and the ledger is unchanged."
+                ));
+            }
         };
         let run_id = run.id.clone();
         if let Err(e) = ledger.append(Event::Kept {
@@ -780,7 +962,9 @@ impl Service {
             train_hash: hash,
             audit: head,
         }) {
-            return Reply::error(format!("committed {commit} but cannot write the ledger: {e:#}"));
+            return Reply::error(format!(
+                "committed {commit} on {branch}, but its ledger line could not be written: {e:#}. The next server start adds it (it reconciles the branch with the ledger)."
+            ));
         }
         let mut text =
             format!("kept run {run_id} as commit {}:\n{}\n", &commit[..10], message.lines().next().unwrap_or(""));
@@ -796,7 +980,7 @@ impl Service {
 
     pub fn revert(&self, args: RevertArgs, via: &str) -> Reply {
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
-        self.audited("revert", via, json, || self.revert_inner(&args))
+        self.audited("revert", via, json, 1, || self.revert_inner(&args))
     }
 
     fn revert_inner(&self, args: &RevertArgs) -> Reply {
@@ -809,8 +993,11 @@ impl Service {
             return Reply::refused(format!("refused: run {id} is in flight; revert after it finishes"));
         }
         let ws = self.ws.lock().unwrap();
-        let kept = match ws.kept_train() {
-            Ok(k) => k,
+        if let Some(r) = self.off_branch(&ws) {
+            return r;
+        }
+        let kept = match ws.kept_at(&self.state.branch) {
+            Ok((_, k)) => k,
             Err(e) => return Reply::error(format!("cannot read the kept train.rs: {e:#}")),
         };
         // An unreadable train.rs (symlink, too big, not UTF-8) is exactly what revert is for.
@@ -827,8 +1014,12 @@ impl Service {
         if let Err(e) = saved {
             return Reply::error(format!("cannot save the discarded diff, nothing reverted: {e:#}"));
         }
-        // Remove whatever sits at the path (a planted symlink too), then write the kept bytes.
-        let _ = std::fs::remove_file(self.paths.train_rs());
+        // The kept bytes are renamed over whatever sits at the path (a planted symlink is replaced,
+        // not followed), so train.rs never goes missing, even if the server dies here. Only a
+        // folder must go first.
+        if std::fs::symlink_metadata(self.paths.train_rs()).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(self.paths.train_rs());
+        }
         if let Err(e) = write_atomic(&self.paths.train_rs(), &kept) {
             return Reply::error(format!("cannot restore train.rs: {e:#}"));
         }
@@ -851,7 +1042,7 @@ impl Service {
 
     pub fn append_scratchpad(&self, args: ScratchpadArgs, via: &str) -> Reply {
         let json = serde_json::to_value(&args).unwrap_or(Value::Null);
-        self.audited("append_scratchpad", via, json, || {
+        self.audited("append_scratchpad", via, json, 0, || {
             let entry = args.entry.trim_end();
             if entry.trim().is_empty() {
                 return Reply::refused("refused: the entry is empty");
@@ -870,16 +1061,79 @@ impl Service {
             }
             let block = format!("\n## {}\n{}\n", Utc::now().format("%Y-%m-%d %H:%M:%S UTC"), entry);
             let res = open_append(&self.paths.scratchpad()).and_then(|mut f| {
-                f.write_all(block.as_bytes())?;
-                f.sync_data()?;
+                let len = f.metadata()?.len();
+                let written = f.write_all(block.as_bytes()).and_then(|_| f.sync_data());
+                if let Err(e) = written {
+                    // Never half an entry: cut back to where it was.
+                    let _ = f.set_len(len);
+                    return Err(e.into());
+                }
                 Ok(())
             });
             match res {
                 Ok(()) => Reply::ok(format!("appended {} bytes to scratchpad.md", block.len())),
-                Err(e) => Reply::error(format!("cannot append to scratchpad.md: {e:#}")),
+                Err(e) => Reply::error(format!("cannot append to scratchpad.md, it is unchanged: {e:#}")),
             }
         })
     }
+}
+
+/// Folders where a process that died mid-write can have left a temp file (`*.tmp-<pid>`).
+fn temp_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![
+        paths.state(),
+        paths.reverts(),
+        paths.root.clone(),
+        paths.train_rs().parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+    ];
+    if let Ok(rd) = std::fs::read_dir(paths.runs()) {
+        dirs.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    dirs
+}
+
+/// A trailer (`Key: value`) of a commit message.
+fn trailer(msg: &str, key: &str) -> Option<String> {
+    msg.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+}
+
+/// Makes the ledger agree with the experiment branch: a commit the server made (it has `Run:` and
+/// `Train-Hash:` trailers) that has no `kept` line — a crash between the two — gets it, with a
+/// repair record in the audit log. A kept line whose commit is not on the branch is reported.
+fn reconcile(ws: &Workspace, state: &WorkspaceState, ledger: &mut Ledger, audit: &AuditLog) -> Result<()> {
+    let kept: std::collections::BTreeSet<String> = ledger
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Kept { commit, .. } => Some(commit.clone()),
+            _ => None,
+        })
+        .collect();
+    let commits = ws.branch_commits_since(&state.branch, &state.baseline_commit)?;
+    for (id, at, msg) in &commits {
+        if kept.contains(id) {
+            continue;
+        }
+        let (Some(run_id), Some(train_hash)) = (trailer(msg, "Run:"), trailer(msg, "Train-Hash:")) else {
+            tracing::warn!(
+                "commit {} on {} was not made by autoresearch-mcp (no Run:/Train-Hash: trailers); the ledger does not count it",
+                &id[..10],
+                state.branch
+            );
+            continue;
+        };
+        audit.append_repair(&Repair::Reconciled { commit: id.clone(), run_id: run_id.clone() })?;
+        ledger.append(Event::Kept { run_id, at: *at, commit: id.clone(), train_hash, audit: audit.head() })?;
+    }
+    let on_branch: std::collections::BTreeSet<&String> = commits.iter().map(|c| &c.0).collect();
+    for k in kept.iter().filter(|k| !on_branch.contains(k)) {
+        tracing::warn!(
+            "runs.jsonl keeps commit {}, which is not on {} (the branch was reset or rewritten)",
+            &k[..10.min(k.len())],
+            state.branch
+        );
+    }
+    Ok(())
 }
 
 /// Heads recorded outside the audit log: the sidecar, every ledger line, every commit trailer.
@@ -889,8 +1143,8 @@ pub fn recorded_heads(paths: &Paths) -> Result<Vec<(String, Head)>> {
         heads.push(("audit.head".to_string(), h));
     }
     let ledger = Ledger::open(&paths.ledger())?;
-    for (i, ev) in ledger.events().iter().enumerate() {
-        heads.push((format!("runs.jsonl line {}", i + 1), ev.audit_head().clone()));
+    for (line, ev) in ledger.numbered_events() {
+        heads.push((format!("runs.jsonl line {line}"), ev.audit_head().clone()));
     }
     if let Ok(ws) = Workspace::open(&paths.root)
         && let Ok(state) = ws.state()

@@ -12,6 +12,7 @@ mod docker;
 mod escape;
 mod experiment;
 mod export;
+mod faults;
 mod noise;
 mod refusals;
 mod report;
