@@ -648,6 +648,8 @@ impl Runner {
         let (texts_trainer, texts_ckpt) = (copies.join("train"), copies.join("checkpoint.safetensors"));
         std::fs::copy(trainer, &texts_trainer).context("copy the trainer for embed-texts")?;
         std::fs::copy(ckpt, &texts_ckpt).context("copy the checkpoint for embed-texts")?;
+        // What both phases read, mounted in each and reset between them: computed once.
+        let shared = self.embed_shared()?;
         let mut files = vec![];
         let phases = [
             ("embed-images", trainer, halves.images.as_path(), ckpt),
@@ -657,10 +659,9 @@ impl Runner {
             let _ = phase.send(format!("embedding ({name}){label}"));
             let dir = run_dir.join(name);
             let _ = std::fs::remove_dir_all(&dir);
-            let job = self.embed_job(name, trainer, input, ckpt, &dir, seed)?;
+            let job = self.embed_job(name, trainer, input, ckpt, &shared, &dir, seed)?;
             let r = if name == "embed-images" {
                 // Whatever it left in the page cache must not reach embed-texts.
-                let shared = self.embed_shared()?;
                 crate::sandbox::pagecache::run_then_reset(self.sandbox.as_ref(), &job, &shared, cancel).await?
             } else {
                 self.sandbox.run(&job, cancel).await?
@@ -707,13 +708,16 @@ impl Drop for RemoveOnDrop {
 impl Runner {
     /// The sandboxed job of an embed phase (`embed-images` or `embed-texts`) in `dir` (created): `trainer`
     /// embeds `input`, one shuffled half of an evaluation split, with the checkpoint `ckpt`. It mounts
-    /// those and nothing else: never the other half, never the pairing. Also used by `report --test`.
-    pub(crate) fn embed_job(
+    /// those and `shared` ([`Runner::embed_shared`]) and nothing else: never the other half, never the
+    /// pairing.
+    #[allow(clippy::too_many_arguments)]
+    fn embed_job(
         &self,
         name: &str,
         trainer: &Path,
         input: &Path,
         ckpt: &Path,
+        shared: &[PathBuf],
         dir: &Path,
         seed: u64,
     ) -> Result<Job> {
@@ -726,7 +730,7 @@ impl Runner {
         // which is reset between them (sandbox::pagecache).
         job.host_system = false;
         job.read_only = [trainer, input, ckpt].iter().map(|p| p.to_path_buf()).collect();
-        job.read_only.extend(self.embed_shared()?);
+        job.read_only.extend(shared.iter().cloned());
         Ok(job)
     }
 

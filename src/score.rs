@@ -287,6 +287,27 @@ pub fn to_safetensors(e: &Embeddings) -> Vec<u8> {
     safetensors::serialize([("embeddings", view)], None).expect("serialize")
 }
 
+/// Metrics with many decimals everywhere, as the scorer produces them (for tests of what is shown).
+#[cfg(test)]
+pub(crate) fn fixture(mean: f64, seeds: &[f64]) -> Metrics {
+    Metrics {
+        mean_rank: mean,
+        median_rank: 10.5,
+        i2t_mean_rank: mean - 1.234567,
+        t2i_mean_rank: mean + 1.234567,
+        i2t_r1: 100.0 / 3.0,
+        i2t_r5: 200.0 / 3.0,
+        i2t_r10: 71.428571428,
+        t2i_r1: 100.0 / 7.0,
+        t2i_r5: 55.555555555,
+        t2i_r10: 81.818181818,
+        n: 333,
+        random_mean_rank: 166.0,
+        folds: vec![mean - 0.987654, mean + 0.987654],
+        seeds: seeds.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,20 +395,11 @@ mod tests {
     #[test]
     fn the_agent_view_shows_only_the_allowed_decimals() {
         let exact = Metrics {
-            mean_rank: 12.345678901,
             median_rank: 10.5,
             i2t_mean_rank: 11.111111111,
             t2i_mean_rank: 13.580246913,
-            i2t_r1: 100.0 / 3.0,
-            i2t_r5: 200.0 / 3.0,
-            i2t_r10: 71.428571428,
-            t2i_r1: 100.0 / 7.0,
-            t2i_r5: 55.555555555,
-            t2i_r10: 81.818181818,
-            n: 333,
-            random_mean_rank: 166.0,
             folds: vec![11.123456, 13.567891],
-            seeds: vec![12.0000001, 12.691357802],
+            ..fixture(12.345678901, &[12.0000001, 12.691357802])
         };
         let m = exact.for_agent();
         let ranks =

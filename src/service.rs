@@ -1399,22 +1399,7 @@ mod tests {
 
     /// Metrics with many decimals everywhere, as the scorer produces them.
     fn exact(mean: f64, seeds: &[f64]) -> Metrics {
-        Metrics {
-            mean_rank: mean,
-            median_rank: 10.5,
-            i2t_mean_rank: mean - 1.234567,
-            t2i_mean_rank: mean + 1.234567,
-            i2t_r1: 100.0 / 3.0,
-            i2t_r5: 200.0 / 3.0,
-            i2t_r10: 71.428571428,
-            t2i_r1: 100.0 / 7.0,
-            t2i_r5: 55.555555555,
-            t2i_r10: 81.818181818,
-            n: 333,
-            random_mean_rank: 166.0,
-            folds: vec![mean - 0.987654, mean + 0.987654],
-            seeds: seeds.to_vec(),
-        }
+        crate::score::fixture(mean, seeds)
     }
 
     fn run(id: &str, train_hash: &str, m: Metrics, kept: bool) -> Run {
