@@ -4,9 +4,37 @@
 # MCP client tests, the tests through the real Claude Code CLI against a scripted model API (offline),
 # and the benchmarks (cheap-tool latency, audit on a 100k-line log, experiment overhead: they print
 # figures and assert nothing). Installs Debian's chromium if missing (the report test renders in it).
+#
+#   scripts/test.sh           the whole suite (what CI runs through .ci/run)
+#   scripts/test.sh --quick   the edit loop: formatting, lints, unit tests and the integration tests
+#                             that run no experiment (a few minutes once built; no Docker, no Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-say() { printf '\n== %s\n' "$*" >&2; }
+START=$SECONDS
+LAST=$SECONDS
+# Each section says how long the previous one took, so a slow CI run shows where its time went.
+say() {
+    printf '\n== [%4ds, +%ds] %s\n' "$((SECONDS - START))" "$((SECONDS - LAST))" "$*" >&2
+    LAST=$SECONDS
+}
+
+if [[ "${1:-}" == "--quick" ]]; then
+    say "quick: format and lints"
+    cargo fmt --check
+    (cd trainer && cargo fmt --check)
+    cargo clippy --locked --all-targets -- -D warnings
+    say "quick: unit tests"
+    cargo test --locked --lib
+    say "quick: integration tests that run no experiment"
+    cargo test --locked --test it -- --skip doctor_runs_a_real_probe_job \
+        tools:: refusals:: audit_log:: transport:: faults::a_ faults::commit faults::run_experiment_without \
+        faults::the_state faults::commands_on faults::new_workspace faults::an_immutable standings::
+    say "quick: done (the full suite: scripts/test.sh)"
+    exit 0
+elif [[ $# -gt 0 ]]; then
+    echo "usage: scripts/test.sh [--quick]" >&2
+    exit 2
+fi
 
 say "Python environment"
 ENV=$(scripts/python-env.sh)
@@ -50,3 +78,5 @@ cargo bench --locked --bench audit_scale
 
 say "benchmark: experiment overhead after a one-line train.rs edit (tests profile)"
 cargo bench --locked --bench experiment_overhead
+
+say "done"
