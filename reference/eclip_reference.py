@@ -4,7 +4,7 @@
 Why it exists: it is the Python side of the Rust-vs-PyTorch parity tests (see `parity_fixtures.py`)
 and the eager PyTorch baseline for throughput benchmarks of the Rust trainer. The public eCLIP
 snapshot lacks the `autoresearch/` folder, so this is reconstructed from the documented reference
-(`shared/REFERENCE.md`) and from `train.rs`, which starts as that reference, flaws included (the
+(the team's notes on ykumards/eCLIP, kept outside this repository) and from `train.rs`, which starts as that reference, flaws included (the
 logit multiplier exp(log_temperature) initialised at 14.3 and clamped to [0.01, 2.0], so it is frozen
 at 2.0 and passes no gradient).
 

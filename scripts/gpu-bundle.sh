@@ -52,7 +52,7 @@ chmod +x "$OUT/run.sh"
 
 # The bundled binaries must load against the wheel's libraries, CUDA backend included.
 if ! LD_LIBRARY_PATH="$TORCH_LIB" ldd "$OUT/bin/train" | grep -q libtorch_cuda.so; then
-  echo "bin/train does not link libtorch_cuda.so: CUDA would be invisible to it (see shared/GPU.md)" >&2
+  echo "bin/train does not link libtorch_cuda.so: CUDA would be invisible to it (see docs/gpu.md)" >&2
   exit 1
 fi
 
