@@ -679,6 +679,14 @@ fn prompt_line(r: &Run) -> String {
     )
 }
 
+/// The resume prompt's line naming the best kept result ([`best_run`]).
+pub fn best_so_far(runs: &[Run], ws: &WorkspaceState) -> String {
+    match best_run(runs, ws) {
+        Some(b) => format!("- best so far: {}\n", prompt_line(&b)),
+        None => "- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n".into(),
+    }
+}
+
 fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervisor, session: usize) -> String {
     let now = Utc::now();
     let left = (sup.opts.deadline - now).num_minutes().max(0);
@@ -691,10 +699,7 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
         t.push_str(&format!("; {} experiments left in this session's budget", m.saturating_sub(runs.len())));
     }
     t.push_str(".\nWhere things stand (from the server's ledger):\n");
-    match best_run(runs, ws) {
-        Some(b) => t.push_str(&format!("- best so far: {}\n", prompt_line(&b))),
-        None => t.push_str("- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n"),
-    }
+    t.push_str(&best_so_far(runs, ws));
     t.push_str(&format!("- {} runs in total; the last ones:\n", runs.len()));
     for r in runs.iter().rev().take(5).rev() {
         t.push_str(&format!("  {}\n", prompt_line(r)));

@@ -98,9 +98,19 @@ impl<'a> Standings<'a> {
         self.best_where(|r| r.id != run_id && self.sets_the_bar(r))
     }
 
-    /// Run `run_id`'s result `m` against its reference and the noise floor.
+    /// A new result: run `run_id`'s `m` against its reference (the best kept result other than
+    /// itself) and the noise floor. What `run_experiment` and `commit` report.
     pub fn compare(&self, run_id: &str, m: &Metrics) -> Comparison<'a> {
-        let reference = self.reference_for(run_id);
+        self.comparison(self.reference_for(run_id), m)
+    }
+
+    /// A result against the best kept result as it stands (itself, if it is the best): what the
+    /// rows of `read_metrics` show.
+    pub fn against_best(&self, m: &Metrics) -> Comparison<'a> {
+        self.comparison(self.best, m)
+    }
+
+    fn comparison(&self, reference: Option<&'a Run>, m: &Metrics) -> Comparison<'a> {
         let best = reference.and_then(|r| r.mean_rank());
         let floor = self.noise_floor.map(|f| f.0);
         Comparison { reference, mean_rank: m.mean_rank, floor, flags: noise::flags(m, best, floor) }
@@ -197,6 +207,8 @@ mod tests {
         assert_eq!(c.delta_for_agent(), Some(2.0));
         assert!(!c.beats());
         assert_eq!(s.best_with(&runs[2]).map(|r| r.id.as_str()), Some("r0001"));
+        let own = s.against_best(runs[0].metrics.as_ref().unwrap());
+        assert_eq!((own.delta_for_agent(), own.flags.len()), (Some(0.0), 0), "the best against itself");
     }
 
     #[test]

@@ -206,6 +206,8 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub dir: PathBuf,
+    /// [`Report::headline`].
+    pub headline: String,
     pub files: Vec<PathBuf>,
     pub markdown: String,
 }
@@ -236,7 +238,7 @@ pub fn write(paths: &Paths, out: &Path) -> Result<Written> {
         }
     }
     put(out.join("report.html"), html::page(&report, &svg).as_bytes())?;
-    Ok(Written { dir: out.to_path_buf(), files, markdown })
+    Ok(Written { dir: out.to_path_buf(), headline: report.headline(), files, markdown })
 }
 
 /// A description made safe for one line of a label: controls dropped, whitespace collapsed,

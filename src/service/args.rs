@@ -101,6 +101,10 @@ mod tests {
     fn the_seeds_schema_says_one_to_five() {
         let schema = rmcp::handler::server::common::schema_for_type::<RunExperimentArgs>();
         let seeds = &schema["properties"]["seeds"];
-        assert_eq!((seeds["minimum"].as_u64(), seeds["maximum"].as_u64()), (Some(1), Some(MAX_SEEDS as u64)), "{seeds}");
+        assert_eq!(
+            (seeds["minimum"].as_u64(), seeds["maximum"].as_u64()),
+            (Some(1), Some(MAX_SEEDS as u64)),
+            "{seeds}"
+        );
     }
 }

@@ -227,7 +227,10 @@ impl Service {
         }
         let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
         // The same comparison as the text: one reference, one delta, the same flags.
-        reply.structured = runs.iter().find(|r| r.id == run_id).map(|r| json!(view::row(&standings, r)));
+        reply.structured = runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| json!(view::row(r, r.metrics.as_ref().map(|m| standings.compare(run_id, m)))));
         reply
     }
 }
@@ -368,7 +371,7 @@ mod tests {
         let t = summarize_run("r0003", &o, &standings, &fingerprint());
         assert!(t.contains("delta +2.00 vs baseline r0001 (20.00)"), "{t}");
         assert!(t.contains("does not beat the best kept result r0001"), "{t}");
-        let row = view::row(&standings, &runs[2]);
+        let row = view::row(&runs[2], Some(standings.compare("r0003", runs[2].metrics.as_ref().unwrap())));
         assert_eq!((row.delta_vs_best_kept, row.compared_with.as_deref()), (Some(2.0), Some("r0001")));
     }
 }

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::args::ReadMetricsArgs;
+use crate::ledger::standings::Comparison;
 use crate::ledger::{self, Run, RunStatus, Standings};
 use crate::noise;
 use crate::score::{Metrics, round_rank};
@@ -39,7 +40,8 @@ pub struct RunRow {
     pub samples: usize,
     /// Mean rank minus `compared_with`'s, as the agent sees both (negative is better).
     pub delta_vs_best_kept: Option<f64>,
-    /// The best kept result other than this run, of its fingerprint (the baseline counts as kept).
+    /// The best kept result of its fingerprint (the baseline counts as kept); in `run_experiment`'s
+    /// reply, the best other than this run.
     pub compared_with: Option<String>,
     /// What the comparison with the best kept result and the noise floor found.
     pub flags: Vec<noise::Flag>,
@@ -92,13 +94,10 @@ pub struct MetricsView {
     pub in_flight: Option<String>,
 }
 
-/// The agent's row of run `r`, compared as the standings of its fingerprint compare it.
-pub fn row(standings: &Standings, r: &Run) -> RunRow {
+/// The agent's row of run `r`, with what comparing it found (`None`: not comparable here).
+pub fn row(r: &Run, comparison: Option<Comparison>) -> RunRow {
     let mut row = RunRow::from(r);
-    if standings.fingerprint() == Some(&r.fingerprint)
-        && let Some(m) = &r.metrics
-    {
-        let c = standings.compare(&r.id, m);
+    if let Some(c) = comparison {
         row.delta_vs_best_kept = c.delta_for_agent();
         row.compared_with = c.reference.map(|b| b.id.clone());
         row.flags = c.flags;
@@ -115,7 +114,10 @@ pub fn metrics_view(runs: &[Run], baseline_hash: &str, args: &ReadMetricsArgs) -
             .iter()
             .filter(|r| args.status.is_none_or(|s| r.status == s))
             .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
-            .map(|r| row(&standings, r))
+            .map(|r| {
+                let same_fp = standings.fingerprint() == Some(&r.fingerprint);
+                row(r, r.metrics.as_ref().filter(|_| same_fp).map(|m| standings.against_best(m)))
+            })
             .collect(),
         total_runs: runs.len(),
         best_kept: standings.best.map(RunRow::from),
