@@ -1,0 +1,377 @@
+//! `run_experiment`: claims the one run slot, runs the experiment and records it in the ledger.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::args::{MAX_DESCRIPTION, MAX_SEEDS, RunExperimentArgs};
+use super::view;
+use super::{Reply, Service, SlotGuard, first_line};
+use crate::edit;
+use crate::experiment::{Runner, Toolchain};
+use crate::fsutil::{free_bytes, one_line, sha256_hex, write_atomic};
+use crate::ledger::{Event, Fingerprint, RunStatus, Standings};
+use crate::noise;
+use crate::pyenv::PyEnv;
+use crate::score::{Metrics, round_rank};
+
+impl Service {
+    fn runner(&self) -> Result<Runner> {
+        let mut slot = self.runner.lock().unwrap();
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Runner {
+            paths: self.paths.clone(),
+            config: self.config.clone(),
+            pyenv: PyEnv::locate(&self.paths.root)?,
+            toolchain: Toolchain::detect()?,
+            sandbox: self.sandbox.clone(),
+        };
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Runs one experiment. `cancel` is the request's token; `phase` receives progress labels.
+    pub async fn run_experiment(
+        &self,
+        args: RunExperimentArgs,
+        via: &str,
+        cancel: CancellationToken,
+        phase: watch::Sender<String>,
+    ) -> Reply {
+        let start = Instant::now();
+        let json = serde_json::to_value(&args).unwrap_or(Value::Null);
+        // Room for the call's record and the run's two ledger lines, or nothing runs.
+        if let Some(refusal) = self.preflight(&json, 2) {
+            return refusal;
+        }
+        let before = self.train_hash();
+        let reply = self.run_inner(&args, cancel, &phase).await;
+        self.record("run_experiment", via, json, reply, before, start)
+    }
+
+    async fn run_inner(
+        &self,
+        args: &RunExperimentArgs,
+        request_cancel: CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Reply {
+        let description = match one_line(&args.description, MAX_DESCRIPTION) {
+            Ok(d) => d,
+            Err(e) => return Reply::refused(format!("refused: {e}")),
+        };
+        let n_seeds = args.seeds.unwrap_or(1);
+        if !(1..=MAX_SEEDS).contains(&n_seeds) {
+            return Reply::refused(format!("refused: seeds = {n_seeds}: use 1 to {MAX_SEEDS}"));
+        }
+        let runs = self.ledger.lock().unwrap().runs().len();
+        if let Some(why) = self.limits.refusal(runs, Utc::now()) {
+            return Reply::refused(why);
+        }
+        // Claim the single run slot before anything else.
+        let cancel = CancellationToken::new();
+        let run_id = {
+            let mut slot = self.in_flight.lock().unwrap();
+            if let Some(id) = slot.as_ref() {
+                return Reply::refused(format!("refused: run {id} is already in flight; one run at a time"));
+            }
+            let mut n = self.ledger.lock().unwrap().next_run_number();
+            // A run whose ledger line is unreadable still holds its number through its folder.
+            while self.paths.run_dir(&format!("r{n:04}")).exists() {
+                n += 1;
+            }
+            let id = format!("r{n:04}");
+            *slot = Some(id.clone());
+            id
+        };
+        let _release = SlotGuard(&self.in_flight);
+        // Either the client's cancellation or server shutdown stops the run.
+        let watcher = {
+            let (c, rc, sd) = (cancel.clone(), request_cancel.clone(), self.shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! { _ = rc.cancelled() => c.cancel(), _ = sd.cancelled() => c.cancel(), _ = c.cancelled() => {} }
+            })
+        };
+        let mut reply = self.run_claimed(&run_id, &description, n_seeds, &cancel, phase).await;
+        watcher.abort();
+        reply.run_id = Some(run_id);
+        reply
+    }
+
+    async fn run_claimed(
+        &self,
+        run_id: &str,
+        description: &str,
+        n_seeds: u32,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Reply {
+        let setup_started = Instant::now();
+        if let Some(r) = self.off_branch(&self.ws.lock().unwrap()) {
+            return r;
+        }
+        match free_bytes(&self.paths.root) {
+            Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
+                return Reply::refused(format!(
+                    "refused: only {:.1} GiB free on the workspace's disk (need {} GiB); ask the operator to free space",
+                    b as f64 / (1u64 << 30) as f64,
+                    self.config.experiment.min_free_gib
+                ));
+            }
+            _ => {}
+        }
+        let runner = match self.runner() {
+            Ok(r) => r,
+            Err(e) => return Reply::error(format!("the server cannot run experiments here: {e:#}")),
+        };
+        if let Err(e) = runner.sandbox.check() {
+            return Reply::refused(format!(
+                "refused: the {} sandbox cannot isolate a run here: {e:#}",
+                runner.sandbox.name()
+            ));
+        }
+        // Snapshot train.rs; edits are refused from now until the run ends.
+        let (snapshot, kept) = {
+            let ws = self.ws.lock().unwrap();
+            match (ws.read_train(), ws.kept_train()) {
+                (Ok(s), Ok(k)) => (s, k),
+                (Err(e), _) | (_, Err(e)) => return Reply::refused(format!("refused: cannot read train.rs: {e:#}")),
+            }
+        };
+        let data = match runner.ensure_data(cancel, phase).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Reply::error(format!(
+                    "data preparation failed (not a problem of train.rs; tell the operator): {e:#}"
+                ));
+            }
+        };
+        let fingerprint = match runner.fingerprint(&data) {
+            Ok(f) => f,
+            Err(e) => return Reply::error(format!("cannot fingerprint the run: {e:#}")),
+        };
+        let train_hash = sha256_hex(&snapshot);
+        let run_dir = self.paths.run_dir(run_id);
+        let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&snapshot));
+        let setup = (|| -> Result<()> {
+            std::fs::create_dir_all(&run_dir)?;
+            write_atomic(&run_dir.join("train.rs"), &snapshot)?;
+            write_atomic(&run_dir.join("diff.patch"), diff.as_bytes())?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            return Reply::error(format!("cannot create the run folder: {e:#}"));
+        }
+        let repeat_of = self
+            .ledger
+            .lock()
+            .unwrap()
+            .runs()
+            .iter()
+            .rev()
+            .find(|r| r.train_hash == train_hash && r.fingerprint == fingerprint && r.status == RunStatus::Ok)
+            .map(|r| r.id.clone());
+        let seed = self.config.experiment.seed;
+        if let Err(e) = self.ledger.lock().unwrap().append(Event::Started {
+            run_id: run_id.into(),
+            at: Utc::now(),
+            train_hash: train_hash.clone(),
+            description: description.into(),
+            fingerprint: fingerprint.clone(),
+            seed,
+            repeat_of: repeat_of.clone(),
+            audit: self.audit.head(),
+        }) {
+            return Reply::error(format!("cannot write the ledger: {e:#}"));
+        }
+
+        let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
+        let setup = setup_started.elapsed().as_secs_f64();
+        let mut outcome = runner.experiment(&run_dir, &data, &seeds, cancel, phase).await;
+        outcome.phases.setup = Some(setup);
+
+        if let Some(m) = &outcome.metrics {
+            let _ = write_atomic(
+                &run_dir.join("metrics.json"),
+                serde_json::to_string_pretty(m).unwrap_or_default().as_bytes(),
+            );
+        }
+        let finished = Event::Finished {
+            run_id: run_id.into(),
+            at: Utc::now(),
+            status: outcome.status,
+            metrics: outcome.metrics.clone(),
+            reported: outcome.reported.clone(),
+            phases: Box::new(outcome.phases.clone()),
+            overran: outcome.overran,
+            message: outcome.message.as_deref().map(first_line),
+            audit: self.audit.head(),
+        };
+        let mut ledger = self.ledger.lock().unwrap();
+        if let Err(e) = ledger.append(finished) {
+            return Reply::error(format!("cannot write the ledger: {e:#}"));
+        }
+        let runs = ledger.runs();
+        drop(ledger);
+        let standings = Standings::of(&runs, &fingerprint, &self.state.baseline_train_hash);
+        let mut text = summarize_run(run_id, &outcome, &standings, &fingerprint);
+        if let Some(r) = &repeat_of {
+            text.push_str(&format!(
+                "\nnote: train.rs is identical to run {r} (same fingerprint): this is a repeat, not a new experiment.\n"
+            ));
+        }
+        let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
+        // The same comparison as the text: one reference, one delta, the same flags.
+        reply.structured = runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| json!(view::row(r, r.metrics.as_ref().map(|m| standings.compare(run_id, m)))));
+        reply
+    }
+}
+
+/// The reply's text: the result, its comparison with the best kept result (`standings`), what the
+/// server measured, and what to do next.
+fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Standings, fp: &Fingerprint) -> String {
+    let mut t = String::new();
+    let comparison = o.metrics.as_ref().map(|m| standings.compare(run_id, m));
+    let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    match o.metrics.as_ref().map(Metrics::for_agent) {
+        Some(m) => {
+            t.push_str(&format!(
+                "run {run_id} {status}: mean rank {} (random would be {:.1}, N = {})",
+                noise::mean_pm(&m),
+                m.random_mean_rank,
+                m.n
+            ));
+            if m.folds.len() > 1 {
+                let folds: Vec<String> = m.folds.iter().map(|f| format!("{f:.2}")).collect();
+                t.push_str(&format!(
+                    " = mean over {} folds [{}], sd {:.2}",
+                    m.folds.len(),
+                    folds.join(", "),
+                    noise::sd(&m.folds).unwrap_or(0.0)
+                ));
+            }
+            let compared = comparison.as_ref().and_then(|c| Some((c.reference?, c.delta_for_agent()?)));
+            match compared {
+                Some((r, delta)) => t.push_str(&format!(
+                    ", delta {delta:+.2} vs {} {} ({:.2}); lower is better\n",
+                    if r.kept { "best kept" } else { "baseline" },
+                    r.id,
+                    r.mean_rank().map(round_rank).unwrap_or_default()
+                )),
+                None => t.push_str(", no earlier comparable run\n"),
+            }
+            t.push_str(&format!(
+                "median rank {:.1}; image->text R@1/5/10 {:.1}/{:.1}/{:.1}%; text->image R@1/5/10 {:.1}/{:.1}/{:.1}%\n",
+                m.median_rank, m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10
+            ));
+        }
+        None => t.push_str(&format!("run {run_id} {status}\n")),
+    }
+    let r = &o.reported;
+    if r.steps.is_some() || r.final_loss.is_some() {
+        t.push_str(&format!(
+            "reported by train.rs (unverified): steps {}, final loss {}, peak memory {}\n",
+            r.steps.map(|s| s.to_string()).unwrap_or("?".into()),
+            r.final_loss.map(|l| format!("{l:.4}")).unwrap_or("?".into()),
+            r.peak_memory_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or("?".into()),
+        ));
+    }
+    let p = &o.phases;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.1}s")).unwrap_or("-".into());
+    t.push_str(&format!(
+        "server-measured: build {}, train {}, embed {} + {}, score {}, total {:.1}s; fingerprint {} ({} profile, {}, budget {} s)\n",
+        f(p.build), f(p.train), f(p.embed_images), f(p.embed_texts), f(p.score), p.total, fp.short(), fp.profile, fp.device, fp.budget_seconds
+    ));
+    if let (Some(overhead), Some(before), Some(after)) = (p.overhead(), p.to_first_step(), p.after_last_step()) {
+        t.push_str(&format!(
+            "not training: {overhead:.1}s of {:.1}s: {before:.1}s before the first step (setup {}, build {}, trainer start-up {}: sandbox and process {}, data load {}), {after:.1}s after the last (checkpoint and exit {}, embed, score)\n",
+            p.total + p.setup.unwrap_or(0.0),
+            f(p.setup), f(p.build), f(p.train_startup), f(p.sandbox_start), f(p.data_load), f(p.train_exit)
+        ));
+    }
+    // Throughput from the reported step count over the server's own clock (process start to exit).
+    if let (Some(steps), Some(secs)) = (o.reported.steps, p.train)
+        && secs > 0.0
+    {
+        t.push_str(&format!("throughput: {:.2} steps/s over the train phase\n", steps as f64 / secs));
+    }
+    if o.overran {
+        t.push_str("OVERRAN: training took longer than its budget; this run cannot be committed.\n");
+    }
+    if let Some(msg) = &o.message {
+        t.push_str(msg);
+        t.push('\n');
+    }
+    if let Some(c) = comparison.as_ref().filter(|_| o.status == RunStatus::Ok && !o.overran) {
+        t.push_str(&match c.reference {
+            None => "Next: commit to keep it (nothing to compare with yet), or revert.\n".to_string(),
+            Some(_) if c.beats() => "Next: commit if this beats the best kept result, otherwise revert.\n".into(),
+            Some(r) => format!(
+                "Next: revert: this does not beat the best kept result {}; commit it only with a `reason` to keep it anyway.\n",
+                r.id
+            ),
+        });
+    }
+    for w in comparison.iter().flat_map(|c| c.warnings()) {
+        t.push_str(&format!("warning: {w}\n"));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::fixtures::*;
+
+    #[test]
+    fn the_run_report_shows_rounded_numbers_and_deltas_from_rounded_values() {
+        let o = crate::experiment::Outcome {
+            status: RunStatus::Ok,
+            metrics: Some(exact(12.345678, &[12.1111111, 12.5802469])),
+            reported: Default::default(),
+            phases: Default::default(),
+            overran: false,
+            message: None,
+        };
+        let runs = vec![run("r0002", "other", exact(14.004999, &[]), true)];
+        let t = summarize_run("r0004", &o, &Standings::current(&runs, BASELINE), &fingerprint());
+        assert!(t.contains("mean rank 12.35 ± 0.33 (n=2)"), "{t}");
+        assert!(t.contains("[11.36, 13.33]"), "{t}");
+        assert!(t.contains("delta -1.65 vs best kept r0002 (14.00)"), "{t}");
+        assert!(t.contains("R@1/5/10 33.3/66.7/71.4%"), "{t}");
+        assert!(t.contains("Next: commit if this beats"), "{t}");
+        assert!(max_decimals(&t) <= 2, "{t}");
+    }
+
+    #[test]
+    fn the_run_reply_and_its_row_give_the_same_delta_against_the_same_run() {
+        // Baseline r0001 at 20, r0002 kept with a reason at 25 (worse), the new run r0003 at 22.
+        let mut runs = ledger();
+        runs[0].metrics = Some(exact(20.0, &[]));
+        runs[1].metrics = Some(exact(25.0, &[]));
+        runs[1].kept_reason = Some("simpler".into());
+        runs[2].metrics = Some(exact(22.0, &[]));
+        let o = crate::experiment::Outcome {
+            status: RunStatus::Ok,
+            metrics: runs[2].metrics.clone(),
+            reported: Default::default(),
+            phases: Default::default(),
+            overran: false,
+            message: None,
+        };
+        let standings = Standings::current(&runs, BASELINE);
+        let t = summarize_run("r0003", &o, &standings, &fingerprint());
+        assert!(t.contains("delta +2.00 vs baseline r0001 (20.00)"), "{t}");
+        assert!(t.contains("does not beat the best kept result r0001"), "{t}");
+        let row = view::row(&runs[2], Some(standings.compare("r0003", runs[2].metrics.as_ref().unwrap())));
+        assert_eq!((row.delta_vs_best_kept, row.compared_with.as_deref()), (Some(2.0), Some("r0001")));
+    }
+}
