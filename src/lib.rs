@@ -28,13 +28,13 @@
 //! - [`status`]: what is running now, the best so far, the last runs.
 
 pub mod audit;
+pub mod child;
 pub mod claude;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod dataset;
-pub mod direct;
 pub mod doctor;
 pub mod durable;
 pub mod edit;
@@ -58,5 +58,6 @@ pub mod test_split;
 pub mod toolchain;
 pub mod train_config;
 pub mod transport;
+pub mod unsandboxed;
 pub mod untrusted;
 pub mod workspace;

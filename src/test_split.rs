@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::data::{self, Prepared};
-use crate::experiment::{Runner, Toolchain};
+use crate::experiment::{Runner, Toolchain, Trainer};
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 use crate::ledger::{Ledger, Run};
 use crate::paths::Paths;
@@ -250,8 +250,8 @@ pub async fn score_runs(paths: &Paths, cancel: &CancellationToken, say: &dyn Fn(
     let runner = Runner {
         paths: paths.clone(),
         config: config.clone(),
-        pyenv: PyEnv::locate(&paths.root)?,
-        toolchain: Toolchain::detect()?,
+        pyenv: PyEnv::locate_cancellable(&paths.root, cancel).await?,
+        trainer: Trainer::Build(Toolchain::detect()?),
         sandbox: sandbox_for(&config)?,
     };
     let (phase, mut phase_rx) = tokio::sync::watch::channel(String::new());
