@@ -30,7 +30,7 @@ use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 use crate::ledger::{Ledger, Run};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
-use crate::report::Kind;
+use crate::report::kind::{Kind, short_label};
 use crate::sandbox::Sandbox;
 use crate::score::Metrics;
 use crate::workspace::WorkspaceState;
@@ -99,7 +99,7 @@ impl TestScores {
             "| # | run | kind | val mean rank | test mean rank | test median | test i2t R@1/5/10 | test t2i R@1/5/10 | note | description |\n\
              |---|---|---|---|---|---|---|---|---|---|\n",
         );
-        let cell = |s: &str| crate::report::short_label(s, 300).replace('\\', "\\\\").replace('|', "\\|");
+        let cell = |s: &str| short_label(s, 300).replace('\\', "\\\\").replace('|', "\\|");
         for r in &self.rows {
             let m = r.metrics.as_ref();
             let note = match (&r.skipped, &r.note) {
