@@ -121,7 +121,7 @@ pub enum Command {
     /// UNSANDBOXED, for benchmark/GPU machines only: prepare, train, embed and score one experiment with
     /// the trainer binaries run as plain child processes (no namespaces, no cgroups, no Landlock: train.rs
     /// gets your rights, files and network). Never reachable from the MCP tools. See docs/gpu.md.
-    UnsandboxedExperiment(crate::direct::DirectArgs),
+    UnsandboxedExperiment(crate::unsandboxed::UnsandboxedArgs),
     /// Leave Claude Code running the loop, unattended, until a deadline: headless, strict profile
     /// (only the six tools), relaunched with a resume prompt whenever it stops early.
     Saturday {

@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", ws.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::UnsandboxedExperiment(args) => crate::direct::main(&root, args).await,
+        Command::UnsandboxedExperiment(args) => crate::unsandboxed::main(&root, args).await,
         Command::SandboxExec => unreachable!("handled in main before the runtime starts"),
     }
 }

@@ -5,9 +5,13 @@
 //! - [`server`]: the MCP layer. Six tools, each a thin typed method over [`service`].
 //! - [`transport`]: stdio framing in front of rmcp: every message answered, malformed ones audited.
 //! - [`service`]: what each tool does, its refusals, and the audit record every call writes.
-//! - [`experiment`]: one experiment: build → train → embed images → embed texts → score.
+//! - [`experiment`]: one experiment: build → train → embed images → embed texts → score; the trainer's
+//!   `AR_*` contract, the overrun rule, the run's `finished` row.
 //! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill;
-//!   `docker`; the disk quota; the page-cache reset between the embed phases).
+//!   `docker`; `none`, no isolation, for `unsandboxed-experiment` only; the disk quota; the page-cache
+//!   reset between the embed phases).
+//! - [`unsandboxed`]: `unsandboxed-experiment`, the experiment on the `none` backend with prebuilt binaries.
+//! - [`child`]: an unsandboxed child process in its own process group, killed as a group (setup scripts).
 //! - [`toolchain`]: the Rust toolchain and the locked crates the sandboxed build may read.
 //! - [`score`]: retrieval metrics computed by the server from the embeddings, outside any sandbox.
 //! - [`data`]: the prepared tensor cache, and each evaluation's fresh deal of the split into halves.
@@ -28,13 +32,13 @@
 //! - [`status`]: what is running now, the best so far, the last runs.
 
 pub mod audit;
+pub mod child;
 pub mod claude;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod dataset;
-pub mod direct;
 pub mod doctor;
 pub mod durable;
 pub mod edit;
@@ -58,5 +62,6 @@ pub mod test_split;
 pub mod toolchain;
 pub mod train_config;
 pub mod transport;
+pub mod unsandboxed;
 pub mod untrusted;
 pub mod workspace;

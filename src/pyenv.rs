@@ -2,33 +2,79 @@
 //! owned by `scripts/python-env.sh`; the server asks that script and never guesses a second path.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::child::{GroupChild, GroupEnd};
 
 #[derive(Debug, Clone)]
 pub struct PyEnv {
     pub dir: PathBuf,
+    /// torch's `lib/` when given directly ([`PyEnv::with_torch_lib`]) rather than found in `dir`.
+    torch_lib: Option<PathBuf>,
 }
 
 impl PyEnv {
-    /// Runs `scripts/python-env.sh` of the workspace (installing the environment if needed).
+    /// Runs `scripts/python-env.sh` of the workspace (installing the environment if needed), blocking.
+    /// For commands with nothing to cancel; the server uses [`PyEnv::locate_cancellable`].
     pub fn locate(workspace: &Path) -> Result<Self> {
         let script = workspace.join("scripts/python-env.sh");
-        let out = Command::new("bash")
+        let out = std::process::Command::new("bash")
             .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .stdout(std::process::Stdio::piped())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .stdout(Stdio::piped())
             .output()
             .with_context(|| format!("run {}", script.display()))?;
         if !out.status.success() {
             bail!("{} failed ({})", script.display(), out.status);
         }
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        Self::from_printed(&script, &out.stdout)
+    }
+
+    /// Runs `scripts/python-env.sh` of the workspace (which may run pip for minutes) in its own process
+    /// group; on `cancel` the whole group is killed, pip included, and this returns an error saying so.
+    pub async fn locate_cancellable(workspace: &Path, cancel: &CancellationToken) -> Result<Self> {
+        let script = workspace.join("scripts/python-env.sh");
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(&script).stdin(Stdio::null()).stderr(Stdio::inherit()).stdout(Stdio::piped());
+        let mut child = GroupChild::spawn(cmd, &format!("{}", script.display()))?;
+        let mut stdout = child.inner().stdout.take().context("stdout")?;
+        let read = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out).await;
+            out
+        });
+        let end = child.wait(None, cancel).await?;
+        // Everything that held the pipe is dead; the timeout only guards against a daemon it left.
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok().and_then(|r| r.ok());
+        let out = out.unwrap_or_default();
+        match end {
+            GroupEnd::Exited(s) if s.success() => {}
+            GroupEnd::Exited(s) => bail!("{} failed ({s})", script.display()),
+            GroupEnd::TimedOut | GroupEnd::Cancelled => {
+                bail!("cancelled while {} set up the Python environment", script.display())
+            }
+        }
+        Self::from_printed(&script, &out)
+    }
+
+    /// The environment whose folder `script` printed.
+    fn from_printed(script: &Path, stdout: &[u8]) -> Result<Self> {
+        let dir = PathBuf::from(String::from_utf8_lossy(stdout).trim().to_string());
         if !dir.join("bin/python").exists() {
             bail!("{} printed {}, which has no bin/python", script.display(), dir.display());
         }
-        Ok(Self { dir })
+        Ok(Self { dir, torch_lib: None })
+    }
+
+    /// A libtorch given directly (`unsandboxed-experiment --torch-lib`, or asked from a python): `lib`
+    /// is torch's `lib/` folder; the environment is taken to be the folder that holds `torch/`.
+    pub fn with_torch_lib(lib: PathBuf) -> Self {
+        let dir = lib.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| lib.clone());
+        Self { dir, torch_lib: Some(lib) }
     }
 
     pub fn bin(&self) -> PathBuf {
@@ -55,12 +101,16 @@ impl PyEnv {
 
     /// libtorch's shared libraries (the torch wheel's `lib/`).
     pub fn torch_lib(&self) -> Result<PathBuf> {
-        Ok(self.site_packages()?.join("torch/lib"))
+        match &self.torch_lib {
+            Some(lib) => Ok(lib.clone()),
+            None => Ok(self.site_packages()?.join("torch/lib")),
+        }
     }
 
     /// The installed torch version, e.g. `2.11.0+cu130`.
     pub fn torch_version(&self) -> Result<String> {
-        let v = self.site_packages()?.join("torch/version.py");
+        let lib = self.torch_lib()?;
+        let v = lib.parent().context("torch's lib/ has no parent")?.join("version.py");
         let text = std::fs::read_to_string(&v).with_context(|| format!("read {}", v.display()))?;
         text.lines()
             .find_map(|l| l.strip_prefix("__version__ = "))

@@ -233,6 +233,15 @@ impl Embeddings {
     }
 }
 
+/// Scores one evaluation: the two embedding files of a split dealt into halves ([`crate::data::deal_halves`]),
+/// `images` in `pairing.image_order` and `texts` in `pairing.text_order`, put back in pair order with
+/// the pairing only the server holds. The one scoring of every experiment, backend and `report --test`.
+pub fn score_halves(pairing: &crate::data::Pairing, n: usize, images: &Path, texts: &Path) -> Result<Metrics> {
+    let img = load_embeddings(images, "image", n)?.unshuffle(&pairing.image_order);
+    let txt = load_embeddings(texts, "text", n)?.unshuffle(&pairing.text_order);
+    Ok(score(&img, &txt)?)
+}
+
 /// Scores paired embeddings (row i of each is item i).
 pub fn score(img: &Embeddings, txt: &Embeddings) -> Result<Metrics, InvalidEmbeddings> {
     if img.d != txt.d {

@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::data::{self, Prepared};
-use crate::experiment::{Runner, Toolchain};
+use crate::experiment::{Runner, Toolchain, Trainer};
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 use crate::ledger::{Ledger, Run};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
-use crate::report::Kind;
+use crate::report::kind::{Kind, short_label};
 use crate::sandbox::Sandbox;
 use crate::score::Metrics;
 use crate::workspace::WorkspaceState;
@@ -99,7 +99,7 @@ impl TestScores {
             "| # | run | kind | val mean rank | test mean rank | test median | test i2t R@1/5/10 | test t2i R@1/5/10 | note | description |\n\
              |---|---|---|---|---|---|---|---|---|---|\n",
         );
-        let cell = |s: &str| crate::report::short_label(s, 300).replace('\\', "\\\\").replace('|', "\\|");
+        let cell = |s: &str| short_label(s, 300).replace('\\', "\\\\").replace('|', "\\|");
         for r in &self.rows {
             let m = r.metrics.as_ref();
             let note = match (&r.skipped, &r.note) {
@@ -250,8 +250,8 @@ pub async fn score_runs(paths: &Paths, cancel: &CancellationToken, say: &dyn Fn(
     let runner = Runner {
         paths: paths.clone(),
         config: config.clone(),
-        pyenv: PyEnv::locate(&paths.root)?,
-        toolchain: Toolchain::detect()?,
+        pyenv: PyEnv::locate_cancellable(&paths.root, cancel).await?,
+        trainer: Trainer::Build(Toolchain::detect()?),
         sandbox: sandbox_for(&config)?,
     };
     let (phase, mut phase_rx) = tokio::sync::watch::channel(String::new());

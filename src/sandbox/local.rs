@@ -280,7 +280,7 @@ impl LogSink {
     }
 }
 
-fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+pub(super) fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     mut r: R,
     sink: Arc<Mutex<LogSink>>,
 ) -> tokio::task::JoinHandle<()> {

@@ -1,11 +1,13 @@
 //! Where code that `train.rs` can influence runs: the build, the training and the two embed phases.
-//! One interface, sibling backends. A job's failure (non-zero exit, timeout, cancel) is an outcome,
+//! One interface, sibling backends: `local` (namespaces), `docker`, and `none` (no isolation at all,
+//! for `unsandboxed-experiment` only). A job's failure (non-zero exit, timeout, cancel) is an outcome,
 //! never an error; an error means the sandbox itself could not be set up, and then nothing ran.
 
 pub mod cgroup;
 pub mod docker;
 pub mod landlock;
 pub mod local;
+pub mod none;
 pub mod pagecache;
 pub mod quota;
 pub mod root;
@@ -133,6 +135,11 @@ pub trait Sandbox: Send + Sync {
     fn name(&self) -> &'static str;
     /// Checks that isolation can be established here; the message says what is missing.
     fn check(&self) -> anyhow::Result<()>;
+    /// Whether jobs are isolated from the host and each other. Only the `none` backend says no; with
+    /// it, the measures that keep one phase from signalling the next (the page-cache reset) are skipped.
+    fn isolates(&self) -> bool {
+        true
+    }
     /// Runs the job as this backend does; callers use [`Sandbox::run`], which adds the disk quota.
     fn execute<'a>(&'a self, job: &'a Job, cancel: &'a CancellationToken) -> BoxFuture<'a, anyhow::Result<JobOutcome>>;
     /// Runs the job with its disk quota enforced ([`quota::enforce`]).

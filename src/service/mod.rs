@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::durable::Repair;
 use crate::experiment::Runner;
 use crate::fsutil::{is_disk_full, sha256_hex, write_atomic};
-use crate::ledger::{Event, Ledger, RunStatus};
+use crate::ledger::Ledger;
 use crate::paths::Paths;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
@@ -138,17 +138,7 @@ impl Service {
         }
         for run_id in ledger.unfinished() {
             tracing::warn!(run_id, "marking a run left by a previous server as abandoned");
-            ledger.append(Event::Finished {
-                run_id,
-                at: Utc::now(),
-                status: RunStatus::Abandoned,
-                metrics: None,
-                reported: Default::default(),
-                phases: Box::default(),
-                overran: false,
-                message: Some("the server stopped during this run".into()),
-                audit: audit.head(),
-            })?;
+            ledger.append(crate::experiment::Outcome::abandoned().finished_event(&run_id, audit.head()))?;
         }
         let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,

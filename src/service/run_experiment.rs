@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::{MAX_DESCRIPTION, MAX_SEEDS, RunExperimentArgs};
 use super::view;
-use super::{Reply, Service, SlotGuard, first_line};
+use super::{Reply, Service, SlotGuard};
 use crate::edit;
-use crate::experiment::{Runner, Toolchain};
+use crate::experiment::{Outcome, Runner, Toolchain, Trainer};
 use crate::fsutil::{free_bytes, one_line, sha256_hex, write_atomic};
 use crate::ledger::{Event, Fingerprint, RunStatus, Standings};
 use crate::noise;
@@ -20,19 +20,20 @@ use crate::pyenv::PyEnv;
 use crate::score::{Metrics, round_rank};
 
 impl Service {
-    fn runner(&self) -> Result<Runner> {
-        let mut slot = self.runner.lock().unwrap();
-        if let Some(r) = slot.as_ref() {
+    /// The runner, made on the first run: locating the Python environment may install it (pip, for
+    /// minutes), so it runs in its own process group and `cancel` kills the whole of it.
+    async fn runner(&self, cancel: &CancellationToken) -> Result<Runner> {
+        if let Some(r) = self.runner.lock().unwrap().as_ref() {
             return Ok(r.clone());
         }
         let r = Runner {
             paths: self.paths.clone(),
             config: self.config.clone(),
-            pyenv: PyEnv::locate(&self.paths.root)?,
-            toolchain: Toolchain::detect()?,
+            pyenv: PyEnv::locate_cancellable(&self.paths.root, cancel).await?,
+            trainer: Trainer::Build(Toolchain::detect()?),
             sandbox: self.sandbox.clone(),
         };
-        *slot = Some(r.clone());
+        *self.runner.lock().unwrap() = Some(r.clone());
         Ok(r)
     }
 
@@ -112,110 +113,17 @@ impl Service {
         phase: &watch::Sender<String>,
     ) -> Reply {
         let setup_started = Instant::now();
-        if let Some(r) = self.off_branch(&self.ws.lock().unwrap()) {
-            return r;
-        }
-        match free_bytes(&self.paths.root) {
-            Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
-                return Reply::refused(format!(
-                    "refused: only {:.1} GiB free on the workspace's disk (need {} GiB); ask the operator to free space",
-                    b as f64 / (1u64 << 30) as f64,
-                    self.config.experiment.min_free_gib
-                ));
-            }
-            _ => {}
-        }
-        let runner = match self.runner() {
-            Ok(r) => r,
-            Err(e) => return Reply::error(format!("the server cannot run experiments here: {e:#}")),
+        let setup = match self.setup(run_id, cancel, phase).await {
+            Ok(s) => s,
+            Err(reply) => return reply,
         };
-        if let Err(e) = runner.sandbox.check() {
-            return Reply::refused(format!(
-                "refused: the {} sandbox cannot isolate a run here: {e:#}",
-                runner.sandbox.name()
-            ));
-        }
-        // Snapshot train.rs; edits are refused from now until the run ends.
-        let (snapshot, kept) = {
-            let ws = self.ws.lock().unwrap();
-            match (ws.read_train(), ws.kept_train()) {
-                (Ok(s), Ok(k)) => (s, k),
-                (Err(e), _) | (_, Err(e)) => return Reply::refused(format!("refused: cannot read train.rs: {e:#}")),
-            }
-        };
-        let data = match runner.ensure_data(cancel, phase).await {
-            Ok(d) => d,
-            Err(e) => {
-                return Reply::error(format!(
-                    "data preparation failed (not a problem of train.rs; tell the operator): {e:#}"
-                ));
-            }
-        };
-        let fingerprint = match runner.fingerprint(&data) {
-            Ok(f) => f,
-            Err(e) => return Reply::error(format!("cannot fingerprint the run: {e:#}")),
-        };
-        let train_hash = sha256_hex(&snapshot);
-        let run_dir = self.paths.run_dir(run_id);
-        let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&snapshot));
-        let setup = (|| -> Result<()> {
-            std::fs::create_dir_all(&run_dir)?;
-            write_atomic(&run_dir.join("train.rs"), &snapshot)?;
-            write_atomic(&run_dir.join("diff.patch"), diff.as_bytes())?;
-            Ok(())
-        })();
-        if let Err(e) = setup {
-            return Reply::error(format!("cannot create the run folder: {e:#}"));
-        }
-        let repeat_of = self
-            .ledger
-            .lock()
-            .unwrap()
-            .runs()
-            .iter()
-            .rev()
-            .find(|r| r.train_hash == train_hash && r.fingerprint == fingerprint && r.status == RunStatus::Ok)
-            .map(|r| r.id.clone());
-        let seed = self.config.experiment.seed;
-        if let Err(e) = self.ledger.lock().unwrap().append(Event::Started {
-            run_id: run_id.into(),
-            at: Utc::now(),
-            train_hash: train_hash.clone(),
-            description: description.into(),
-            fingerprint: fingerprint.clone(),
-            seed,
-            repeat_of: repeat_of.clone(),
-            audit: self.audit.head(),
-        }) {
-            return Reply::error(format!("cannot write the ledger: {e:#}"));
-        }
-
-        let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
-        let setup = setup_started.elapsed().as_secs_f64();
-        let mut outcome = runner.experiment(&run_dir, &data, &seeds, cancel, phase).await;
-        outcome.phases.setup = Some(setup);
-
-        if let Some(m) = &outcome.metrics {
-            let _ = write_atomic(
-                &run_dir.join("metrics.json"),
-                serde_json::to_string_pretty(m).unwrap_or_default().as_bytes(),
-            );
-        }
-        let finished = Event::Finished {
-            run_id: run_id.into(),
-            at: Utc::now(),
-            status: outcome.status,
-            metrics: outcome.metrics.clone(),
-            reported: outcome.reported.clone(),
-            phases: Box::new(outcome.phases.clone()),
-            overran: outcome.overran,
-            message: outcome.message.as_deref().map(first_line),
-            audit: self.audit.head(),
-        };
-        let mut ledger = self.ledger.lock().unwrap();
-        if let Err(e) = ledger.append(finished) {
-            return Reply::error(format!("cannot write the ledger: {e:#}"));
-        }
+        let (outcome, repeat_of) =
+            match self.execute(run_id, description, n_seeds, setup_started, &setup, cancel, phase).await {
+                Ok(done) => done,
+                Err(reply) => return reply,
+            };
+        let fingerprint = setup.fingerprint;
+        let ledger = self.ledger.lock().unwrap();
         let runs = ledger.runs();
         drop(ledger);
         let standings = Standings::of(&runs, &fingerprint, &self.state.baseline_train_hash);
@@ -233,6 +141,139 @@ impl Service {
             .map(|r| json!(view::row(r, r.metrics.as_ref().map(|m| standings.compare(run_id, m)))));
         reply
     }
+
+    /// Everything before the run starts: the checks, the runner (the Python environment located on
+    /// the first run), the snapshot of train.rs, the data and the run folder. A refusal or an error is
+    /// the reply; nothing is in the ledger yet.
+    async fn setup(
+        &self,
+        run_id: &str,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Result<Setup, Reply> {
+        if let Some(r) = self.off_branch(&self.ws.lock().unwrap()) {
+            return Err(r);
+        }
+        match free_bytes(&self.paths.root) {
+            Ok(b) if b < self.config.experiment.min_free_gib << 30 => {
+                return Err(Reply::refused(format!(
+                    "refused: only {:.1} GiB free on the workspace's disk (need {} GiB); ask the operator to free space",
+                    b as f64 / (1u64 << 30) as f64,
+                    self.config.experiment.min_free_gib
+                )));
+            }
+            _ => {}
+        }
+        let cancelled = |what: &str| Reply::error(format!("cancelled during setup ({what}): the run did not start"));
+        let runner = match self.runner(cancel).await {
+            Ok(r) => r,
+            Err(_) if cancel.is_cancelled() => return Err(cancelled("locating the Python environment")),
+            Err(e) => return Err(Reply::error(format!("the server cannot run experiments here: {e:#}"))),
+        };
+        if let Err(e) = runner.sandbox.check() {
+            return Err(Reply::refused(format!(
+                "refused: the {} sandbox cannot isolate a run here: {e:#}",
+                runner.sandbox.name()
+            )));
+        }
+        // Snapshot train.rs; edits are refused from now until the run ends.
+        let (snapshot, kept) = {
+            let ws = self.ws.lock().unwrap();
+            match (ws.read_train(), ws.kept_train()) {
+                (Ok(s), Ok(k)) => (s, k),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(Reply::refused(format!("refused: cannot read train.rs: {e:#}")));
+                }
+            }
+        };
+        let data = match runner.ensure_data(cancel, phase).await {
+            Ok(d) => d,
+            Err(_) if cancel.is_cancelled() => return Err(cancelled("preparing the data")),
+            Err(e) => {
+                return Err(Reply::error(format!(
+                    "data preparation failed (not a problem of train.rs; tell the operator): {e:#}"
+                )));
+            }
+        };
+        let fingerprint = match runner.fingerprint(&data) {
+            Ok(f) => f,
+            Err(e) => return Err(Reply::error(format!("cannot fingerprint the run: {e:#}"))),
+        };
+        let run_dir = self.paths.run_dir(run_id);
+        let diff = edit::unified_diff(&String::from_utf8_lossy(&kept), &String::from_utf8_lossy(&snapshot));
+        let folder = (|| -> Result<()> {
+            std::fs::create_dir_all(&run_dir)?;
+            write_atomic(&run_dir.join("train.rs"), &snapshot)?;
+            write_atomic(&run_dir.join("diff.patch"), diff.as_bytes())?;
+            Ok(())
+        })();
+        if let Err(e) = folder {
+            return Err(Reply::error(format!("cannot create the run folder: {e:#}")));
+        }
+        Ok(Setup { runner, data, fingerprint, train_hash: sha256_hex(&snapshot), run_dir })
+    }
+
+    /// The run's lifecycle, the only place it is written: the `started` row, the experiment, its
+    /// metrics file and the `finished` row. Returns the outcome and the earlier run this repeats.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        run_id: &str,
+        description: &str,
+        n_seeds: u32,
+        setup_started: Instant,
+        setup: &Setup,
+        cancel: &CancellationToken,
+        phase: &watch::Sender<String>,
+    ) -> Result<(Outcome, Option<String>), Reply> {
+        let (fingerprint, train_hash) = (&setup.fingerprint, &setup.train_hash);
+        let repeat_of = self
+            .ledger
+            .lock()
+            .unwrap()
+            .runs()
+            .iter()
+            .rev()
+            .find(|r| &r.train_hash == train_hash && &r.fingerprint == fingerprint && r.status == RunStatus::Ok)
+            .map(|r| r.id.clone());
+        let seed = self.config.experiment.seed;
+        let started = Event::Started {
+            run_id: run_id.into(),
+            at: Utc::now(),
+            train_hash: train_hash.clone(),
+            description: description.into(),
+            fingerprint: fingerprint.clone(),
+            seed,
+            repeat_of: repeat_of.clone(),
+            audit: self.audit.head(),
+        };
+        if let Err(e) = self.ledger.lock().unwrap().append(started) {
+            return Err(Reply::error(format!("cannot write the ledger: {e:#}")));
+        }
+        let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
+        let setup_secs = setup_started.elapsed().as_secs_f64();
+        let mut outcome = setup.runner.experiment(&setup.run_dir, &setup.data, &seeds, cancel, phase).await;
+        outcome.phases.setup = Some(setup_secs);
+        if let Some(m) = &outcome.metrics {
+            let _ = write_atomic(
+                &setup.run_dir.join("metrics.json"),
+                serde_json::to_string_pretty(m).unwrap_or_default().as_bytes(),
+            );
+        }
+        if let Err(e) = self.ledger.lock().unwrap().append(outcome.finished_event(run_id, self.audit.head())) {
+            return Err(Reply::error(format!("cannot write the ledger: {e:#}")));
+        }
+        Ok((outcome, repeat_of))
+    }
+}
+
+/// What the setup of a run produced, for its execution.
+struct Setup {
+    runner: Runner,
+    data: Vec<crate::data::Prepared>,
+    fingerprint: Fingerprint,
+    train_hash: String,
+    run_dir: std::path::PathBuf,
 }
 
 /// The reply's text: the result, its comparison with the best kept result (`standings`), what the

@@ -1,5 +1,5 @@
-//! `unsandboxed-experiment`, the GPU bundle's path (scripts/gpu-bundle.sh, run.sh): the trainer's binaries
-//! as plain child processes, the server's data finishing and scoring. On CPU, tests profile.
+//! `unsandboxed-experiment`, the GPU bundle's path (scripts/gpu-bundle.sh, run.sh): the server's pipeline
+//! on the `none` backend, the trainer's prebuilt binaries as plain child processes. On CPU, tests profile.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -97,8 +97,9 @@ async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
     assert_eq!(s["reported"]["device"], "cpu");
     assert!(s["phases"]["prepare"].as_f64().is_some(), "the first run prepares the data");
     assert!(s["phases"]["train"].as_f64().unwrap() > 0.0);
-    let split = &s["phases"]["train_split"];
-    assert!(split["loop"].as_f64().unwrap() > 0.5 * s["phases"]["train"].as_f64().unwrap(), "{split}");
+    let p = &s["phases"];
+    assert!(p["train_loop"].as_f64().unwrap() > 0.5 * p["train"].as_f64().unwrap(), "{p}");
+    assert!(p["build"].is_null(), "prebuilt binaries are not built: {p}");
 
     // A second run reuses the prepared data; its logs are in their own run folder.
     let again = unsandboxed(&[&args[..8], &["--budget".as_ref(), "5".as_ref()], &args[10..]].concat());

@@ -357,3 +357,67 @@ async fn each_workspace_runs_its_own_harness_from_the_shared_build_directory() {
         assert!(!is_error(&r), "workspace {name}: {}", text(&r));
     }
 }
+
+/// A run cancelled while the Python environment is set up (scripts/python-env.sh, which may run pip
+/// for minutes) is audited like a cancel in any other phase, and nothing the script started survives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cancelled_during_setup_is_audited_and_leaves_no_process() {
+    let ws = Ws::new();
+    // The setup script of this workspace hangs with a child of its own, as pip would; both are marked.
+    let marker = format!("ar-setup-mark-{}", std::process::id());
+    let pids = ws.root.join("setup.pids");
+    let script = format!(
+        "#!/usr/bin/env bash\nexport AR_SETUP_MARK={marker}\nsleep 600 &\necho $$ $! > {}\nwait\n",
+        pids.display()
+    );
+    std::fs::write(ws.root.join("scripts/python-env.sh"), script).unwrap();
+    let c = ws.client().await;
+    let params = rmcp::model::CallToolRequestParams::new("run_experiment")
+        .with_arguments(json!({"description": "cancelled in setup"}).as_object().cloned().unwrap());
+    let handle = c
+        .service
+        .send_cancellable_request(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pids).map(|s| s.split_whitespace().count() < 2).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the setup script never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started: Vec<u32> =
+        std::fs::read_to_string(&pids).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!(started.iter().all(|p| alive(*p)), "the script and its child run");
+    handle.cancel(Some("user pressed escape".into())).await.unwrap();
+
+    // The call's audit record: an error that says the run was cancelled in setup.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let record = loop {
+        if let Some(r) = audit_lines(&ws).into_iter().find(|r| r["tool"] == "run_experiment") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no audit record for the cancelled call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["outcome"], "error", "{record}");
+    assert!(record["reason"].as_str().unwrap().contains("cancelled during setup"), "{record}");
+    // Nothing of the setup's process group is left, and the run never started.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.iter().any(|p| alive(*p)) || !processes_mentioning(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?} of {started:?}", processes_mentioning(&marker));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ledger_events(&ws).is_empty(), "no run was started");
+    let v = c.call("read_metrics", json!({})).await.structured_content.unwrap();
+    assert!(v["in_flight"].is_null(), "the run slot is free again");
+    assert!(ws.cli(&["audit", "verify"]).status.success());
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper counts as gone).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
