@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|d| chrono::DateTime::parse_from_rfc3339(&d).map(|t| t.with_timezone(&chrono::Utc)))
                 .transpose()
                 .context("--deadline must be RFC 3339")?;
-            serve(&paths, crate::supervisor::RunLimits { deadline, max_runs }).await
+            serve(&paths, crate::run_limits::RunLimits { deadline, max_runs }).await
         }
         Command::Saturday {
             until,
@@ -150,12 +150,7 @@ fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
 /// `report --test`: scores the baseline and kept runs on the test split and prints that table.
 async fn report_test(paths: &Paths) -> Result<()> {
     let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        let s = shutdown_signal().await;
-        eprintln!("[test] {s}: cancelling");
-        c2.cancel();
-    });
+    let watcher = crate::shutdown::cancel_on_signal(&cancel, |s| eprintln!("[test] {s}: cancelling"));
     let scores = crate::test_split::score_runs(paths, &cancel, &|line| eprintln!("[test] {line}")).await;
     watcher.abort();
     let scores = scores.context("report --test")?;
@@ -203,7 +198,7 @@ fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<ExitCode> {
+async fn serve(paths: &Paths, limits: crate::run_limits::RunLimits) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?.with_limits(limits));
     tracing::info!(workspace = %paths.root.display(), "serving the six tools over stdio");
     let server = AutoresearchServer::new(svc.clone());
@@ -215,7 +210,7 @@ async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<Ex
     let server = server.serve(io).await.context("MCP initialisation over stdio")?;
     let ct = server.cancellation_token();
     let waiting = tokio::spawn(async move { server.waiting().await });
-    let signal = shutdown_signal();
+    let signal = crate::shutdown::signal();
     tokio::select! {
         _ = waiting => tracing::info!("client disconnected"),
         s = signal => tracing::info!("received {s}; stopping"),
@@ -232,20 +227,6 @@ async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term, mut hup) =
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-            _ => return std::future::pending().await,
-        };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    }
-}
-
 async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?);
     let (tx, mut rx) = tokio::sync::watch::channel("starting".to_string());
@@ -257,10 +238,7 @@ async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
             let _ = writeln!(std::io::stderr(), "[run] {phase}");
         }
     });
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        let s = shutdown_signal().await;
-        c2.cancel(); // first: reporting it may fail if stderr is gone
+    crate::shutdown::cancel_on_signal(&cancel, |s| {
         let _ = writeln!(std::io::stderr(), "[run] {s}: cancelling");
     });
     let reply = svc.run_experiment(args, "cli", cancel, tx).await;

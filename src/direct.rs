@@ -133,15 +133,7 @@ pub async fn main(workspace: &Path, args: DirectArgs) -> Result<ExitCode> {
     eprintln!("!! For benchmark machines only; `serve`, `run` and every MCP tool always use the sandbox.");
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
+    crate::shutdown::on_signal(move |_| {
         eprintln!("interrupted: stopping the phase in flight");
         flag.store(true, Ordering::SeqCst);
     });

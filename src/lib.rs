@@ -26,6 +26,7 @@
 //! - [`claude`]: Claude Code itself: its binary, the tested version, the strict profile's flags.
 //! - [`supervisor`]: `saturday`, Claude Code left running the loop until a deadline.
 //! - [`status`]: what is running now, the best so far, the last runs.
+//! - [`shutdown`]: SIGINT, SIGTERM and SIGHUP as a cancellation, for every command that can be stopped.
 
 pub mod audit;
 pub mod claude;
@@ -37,6 +38,7 @@ pub mod dataset;
 pub mod direct;
 pub mod doctor;
 pub mod durable;
+pub mod duration;
 pub mod edit;
 pub mod experiment;
 pub mod export;
@@ -46,11 +48,13 @@ pub mod noise;
 pub mod paths;
 pub mod pyenv;
 pub mod report;
+pub mod run_limits;
 pub mod sandbox;
 pub mod scaffold;
 pub mod score;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod synth;

@@ -25,10 +25,10 @@ use crate::ledger::{self, Event, Fingerprint, Ledger, Run, RunStatus};
 use crate::noise;
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
+use crate::run_limits::RunLimits;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
 use crate::score::{Metrics, agent_delta, round_rank};
-use crate::supervisor::RunLimits;
 use crate::workspace::{CommitError, Workspace, WorkspaceState};
 
 /// Longest description accepted for a run or commit.
