@@ -79,10 +79,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             export(&paths, out, run)
         }
         Command::Synth { out, size } => {
-            let spec = match size.as_str() {
-                "demo" => SynthSpec::demo(),
-                "tests" => SynthSpec::tests(),
-                other => bail!("--size {other:?}: use demo or tests"),
+            let spec = match size {
+                synth::Size::Demo => SynthSpec::demo(),
+                synth::Size::Tests => SynthSpec::tests(),
             };
             let out = out.unwrap_or_else(|| root.join("data/synthetic"));
             let s = synth::ensure(&out, &spec)?;
@@ -97,8 +96,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::NewWorkspace { dir, profile, dataset, tag, experiment, model, config } => {
-            let profile: crate::config::Profile = serde_json::from_value(serde_json::Value::String(profile.clone()))
-                .map_err(|_| anyhow::anyhow!("--profile {profile:?}: use tests, cpu or gpu"))?;
             let scaffold = crate::scaffold::Scaffold {
                 repo: &root,
                 profile,

@@ -322,7 +322,7 @@ impl Runner {
             ("AR_OUT".into(), out.display().to_string()),
             ("AR_BUDGET_S".into(), self.config.budget_seconds().to_string()),
             ("AR_SEED".into(), seed.to_string()),
-            ("AR_DEVICE".into(), self.config.experiment.device.clone()),
+            ("AR_DEVICE".into(), self.config.experiment.device.as_str().into()),
         ];
         env.extend(image.map(|p| ("AR_IMAGE_TOWER".into(), p.display().to_string())));
         env.extend(text.map(|p| ("AR_TEXT_TOWER".into(), p.display().to_string())));

@@ -304,7 +304,7 @@ impl Service {
         }
         let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,
-            None if config.sandbox.backend == "docker" => {
+            None if config.sandbox.backend == crate::config::Backend::Docker => {
                 let docker = Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?);
                 // Containers left by a server that died: removed in the background (needs the engine).
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
