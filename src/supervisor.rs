@@ -1,7 +1,8 @@
 //! `autoresearch-mcp saturday`: leaves Claude Code running the loop, unattended, until a deadline.
 //!
 //! The supervisor starts Claude Code headless in the strict profile (only the six tools, see
-//! [`claude::strict_args`]) with `program.md` as the prompt, saves each session's stream-json
+//! [`claude::strict_args`]); `program.md` reaches the model once, as the server's MCP instructions, and
+//! the prompt just says to follow them ([`FOLLOW_THE_INSTRUCTIONS`]). It saves each session's stream-json
 //! transcript under `.autoresearch/sessions/`, and starts it again with a resume prompt whenever it
 //! stops early. API errors (overloaded, rate limits, 5xx) back off exponentially; an authentication
 //! error stops everything. The server it registers is started with the deadline and the experiment
@@ -354,15 +355,17 @@ impl Supervisor {
         None
     }
 
-    /// program.md for a fresh loop; otherwise where things stand, then program.md.
+    /// [`FOLLOW_THE_INSTRUCTIONS`] for a fresh loop; otherwise where things stand, then that line.
+    /// program.md itself reaches the model once, as the server's MCP instructions.
     fn prompt(&self, session: usize) -> Result<String> {
-        let program = std::fs::read_to_string(self.paths.program_md())
-            .with_context(|| format!("read {}", self.paths.program_md().display()))?;
+        // The instructions are program.md: without it the loop would run on the server's fallback line.
+        std::fs::metadata(self.paths.program_md())
+            .with_context(|| format!("read {} (the loop's instructions)", self.paths.program_md().display()))?;
         let runs = Ledger::open(&self.paths.ledger())?.runs();
         if session == 1 && runs.is_empty() {
-            return Ok(program);
+            return Ok(FOLLOW_THE_INSTRUCTIONS.into());
         }
-        Ok(format!("{}\n---\n\n{program}", resume_prompt(&self.paths, &self.ws, &runs, self, session)))
+        Ok(format!("{}\n---\n\n{FOLLOW_THE_INSTRUCTIONS}", resume_prompt(&self.paths, &self.ws, &runs, self, session)))
     }
 
     /// Runs one Claude Code session to its end, stopping it at the deadline or budget.
@@ -608,6 +611,12 @@ fn prompt_line(r: &Run) -> String {
     )
 }
 
+/// The prompt of every session. The loop itself is program.md, which the server sends as its MCP
+/// instructions (the contract for any client) and Claude Code puts in the system prompt, so the
+/// prompt only points at it instead of repeating it.
+pub const FOLLOW_THE_INSTRUCTIONS: &str = "Run the autoresearch loop on trainer/src/train.rs now, with the six tools of the \
+     `autoresearch` server, exactly as its instructions (program.md) describe.";
+
 fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervisor, session: usize) -> String {
     let now = Utc::now();
     let left = (sup.opts.deadline - now).num_minutes().max(0);
@@ -638,7 +647,7 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
     }
     t.push_str(
         "train.rs may hold uncommitted edits from the last session: `edit_train view` it and decide (run it, \
-         commit after a successful run, or revert). Then continue the loop below. Never stop before the deadline.\n",
+         commit after a successful run, or revert). Then continue the loop. Never stop before the deadline.\n",
     );
     t
 }
