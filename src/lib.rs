@@ -64,3 +64,6 @@ pub mod train_config;
 pub mod transport;
 pub mod untrusted;
 pub mod workspace;
+
+#[cfg(test)]
+mod import_cycles;
