@@ -530,18 +530,10 @@ pub fn parse_when(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         return Ok(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight")));
     }
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let secs = match unit {
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match num.parse::<i64>() {
-        Ok(n) if secs > 0 => Ok(now - chrono::Duration::seconds(n.saturating_mul(secs))),
-        _ => anyhow::bail!(
-            "{s:?} is not a time: use RFC 3339 (2026-11-23T08:00:00Z), a UTC date and time (2026-11-23 08:00) or an age (90m, 2h, 1d)"
+    match crate::duration::parse(t) {
+        Ok(age) => Ok(now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)),
+        Err(_) => anyhow::bail!(
+            "{s:?} is not a time: use RFC 3339 (2026-11-23T08:00:00Z), a UTC date and time (2026-11-23 08:00) or an age (90m, 2h, 1d, 1h30m)"
         ),
     }
 }
@@ -996,6 +988,7 @@ mod tests {
         assert_eq!(t("90m"), "2026-11-23T10:30:00+00:00");
         assert_eq!(t("2h"), "2026-11-23T10:00:00+00:00");
         assert_eq!(t("1d"), "2026-11-22T12:00:00+00:00");
+        assert_eq!(t("1h30m"), "2026-11-23T10:30:00+00:00");
         assert!(parse_when("yesterday", now).is_err());
     }
 }

@@ -95,13 +95,14 @@ pub enum Command {
         out: Option<PathBuf>,
         /// `demo` (default) or `tests` (smaller).
         #[arg(long, default_value = "demo")]
-        size: String,
+        size: crate::synth::Size,
     },
     /// Make a fresh experiment workspace (a new git repo) from this repository at DIR, then `init` it.
     NewWorkspace {
         dir: PathBuf,
+        /// Harness profile: tests, cpu or gpu.
         #[arg(long, default_value = "cpu")]
-        profile: String,
+        profile: crate::config::Profile,
         /// ODVG dataset folder (default: the repository's data/synthetic).
         #[arg(long, default_value = "data/synthetic")]
         dataset: PathBuf,

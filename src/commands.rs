@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|d| chrono::DateTime::parse_from_rfc3339(&d).map(|t| t.with_timezone(&chrono::Utc)))
                 .transpose()
                 .context("--deadline must be RFC 3339")?;
-            serve(&paths, crate::supervisor::RunLimits { deadline, max_runs }).await
+            serve(&paths, crate::run_limits::RunLimits { deadline, max_runs }).await
         }
         Command::Saturday {
             until,
@@ -79,10 +79,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             export(&paths, out, run)
         }
         Command::Synth { out, size } => {
-            let spec = match size.as_str() {
-                "demo" => SynthSpec::demo(),
-                "tests" => SynthSpec::tests(),
-                other => bail!("--size {other:?}: use demo or tests"),
+            let spec = match size {
+                synth::Size::Demo => SynthSpec::demo(),
+                synth::Size::Tests => SynthSpec::tests(),
             };
             let out = out.unwrap_or_else(|| root.join("data/synthetic"));
             let s = synth::ensure(&out, &spec)?;
@@ -97,8 +96,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::NewWorkspace { dir, profile, dataset, tag, experiment, model, config } => {
-            let profile: crate::config::Profile = serde_json::from_value(serde_json::Value::String(profile.clone()))
-                .map_err(|_| anyhow::anyhow!("--profile {profile:?}: use tests, cpu or gpu"))?;
             let scaffold = crate::scaffold::Scaffold {
                 repo: &root,
                 profile,
@@ -151,18 +148,13 @@ fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
 /// `report --test`: scores the baseline and kept runs on the test split and prints that table.
 async fn report_test(paths: &Paths) -> Result<()> {
     let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        let s = shutdown_signal().await;
-        eprintln!("[test] {s}: cancelling");
-        c2.cancel();
-    });
-    let scores = crate::test_split::score_runs(paths, &cancel, &|line| eprintln!("[test] {line}")).await;
+    let watcher = crate::shutdown::cancel_on_signal(&cancel, |s| eprintln!("[test] {s}: cancelling"));
+    let scores = crate::report::test_split::score_runs(paths, &cancel, &|line| eprintln!("[test] {line}")).await;
     watcher.abort();
     let scores = scores.context("report --test")?;
     print!("{}", scores.markdown());
     println!();
-    println!("wrote {}", crate::test_split::TestScores::path(paths).display());
+    println!("wrote {}", crate::report::test_split::TestScores::path(paths).display());
     println!();
     Ok(())
 }
@@ -204,7 +196,7 @@ fn init(paths: &Paths, tag: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<ExitCode> {
+async fn serve(paths: &Paths, limits: crate::run_limits::RunLimits) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?.with_limits(limits));
     tracing::info!(workspace = %paths.root.display(), "serving the six tools over stdio");
     let server = AutoresearchServer::new(svc.clone());
@@ -216,7 +208,7 @@ async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<Ex
     let server = server.serve(io).await.context("MCP initialisation over stdio")?;
     let ct = server.cancellation_token();
     let waiting = tokio::spawn(async move { server.waiting().await });
-    let signal = shutdown_signal();
+    let signal = crate::shutdown::signal();
     tokio::select! {
         _ = waiting => tracing::info!("client disconnected"),
         s = signal => tracing::info!("received {s}; stopping"),
@@ -233,20 +225,6 @@ async fn serve(paths: &Paths, limits: crate::supervisor::RunLimits) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term, mut hup) =
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-            _ => return std::future::pending().await,
-        };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    }
-}
-
 async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
     let svc = Arc::new(Service::open(&paths.root, None)?);
     let (tx, mut rx) = tokio::sync::watch::channel("starting".to_string());
@@ -258,10 +236,7 @@ async fn run_once(paths: &Paths, args: RunExperimentArgs) -> Result<ExitCode> {
             let _ = writeln!(std::io::stderr(), "[run] {phase}");
         }
     });
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        let s = shutdown_signal().await;
-        c2.cancel(); // first: reporting it may fail if stderr is gone
+    crate::shutdown::cancel_on_signal(&cancel, |s| {
         let _ = writeln!(std::io::stderr(), "[run] {s}: cancelling");
     });
     let reply = svc.run_experiment(args, "cli", cancel, tx).await;

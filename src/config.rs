@@ -32,6 +32,71 @@ impl Profile {
     }
 }
 
+/// Where the trainer's tensors live (`AR_DEVICE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when the trainer sees a device, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA, and an error when there is none.
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Which sandbox runs the agent's code. (The unsandboxed benchmark path is not a choice here: it is
+/// never reachable from `serve` or the tools. If it becomes a backend, its variant goes here too.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Namespaces, cgroups, seccomp and Landlock in this process's helper (`sandbox::local`).
+    #[default]
+    Local,
+    /// One container per phase (`sandbox::docker`).
+    Docker,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Docker => "docker",
+        }
+    }
+}
+
+/// Names each enum above is written as, in `autoresearch.toml` and on the command line alike: one
+/// parser (serde's) for both, so a flag and the file accept exactly the same words.
+macro_rules! named {
+    ($t:ty, $what:literal, $choices:literal) => {
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$t>::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s))
+                    .map_err(|_| format!("{} {s:?}: use {}", $what, $choices))
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+named!(Profile, "profile", "tests, cpu or gpu");
+named!(Device, "device", "auto, cpu or cuda");
+named!(Backend, "sandbox backend", "local or docker");
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -68,7 +133,7 @@ pub struct ExperimentConfig {
     pub embed_timeout_seconds: u64,
     pub seed: u64,
     /// `auto` (CUDA when visible), `cpu` or `cuda`.
-    pub device: String,
+    pub device: Device,
     /// Refuse a run when less than this many GiB are free on the workspace's filesystem.
     pub min_free_gib: u64,
     /// 0: train on the training split, score on validation. k >= 2: the reference's k-fold
@@ -97,7 +162,7 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// `local` (namespaces, cgroups, seccomp, Landlock) or `docker` (one container per phase).
-    pub backend: String,
+    pub backend: Backend,
     /// The image of the `docker` backend (`scripts/docker-engine.sh` makes the offline test image).
     pub docker_image: String,
     /// Shared cargo target dir for the trainer; empty means `trainer/target`.
@@ -127,7 +192,7 @@ impl Default for ExperimentConfig {
             build_timeout_seconds: 1200,
             embed_timeout_seconds: 300,
             seed: 42,
-            device: "auto".into(),
+            device: Device::Auto,
             min_free_gib: 2,
             folds: 0,
         }
@@ -150,7 +215,7 @@ impl Default for DataConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
-            backend: "local".into(),
+            backend: Backend::Local,
             docker_image: crate::sandbox::docker::DEFAULT_IMAGE.into(),
             trainer_target_dir: PathBuf::new(),
             log_cap_bytes: 8 << 20,
@@ -177,12 +242,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if !matches!(self.sandbox.backend.as_str(), "local" | "docker") {
-            bail!("sandbox.backend = {:?}: must be \"local\" or \"docker\"", self.sandbox.backend);
-        }
-        if !matches!(self.experiment.device.as_str(), "auto" | "cpu" | "cuda") {
-            bail!("experiment.device must be auto, cpu or cuda");
-        }
         if self.experiment.folds == 1 || self.experiment.folds > 10 {
             bail!("experiment.folds = {}: use 0 (the fixed split) or 2..=10 folds", self.experiment.folds);
         }
@@ -194,5 +253,52 @@ impl Config {
             0 => self.experiment.profile.default_budget_seconds(),
             b => b,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("autoresearch.toml");
+        std::fs::write(&path, toml_text)?;
+        Config::load(&path)
+    }
+
+    #[test]
+    fn the_file_and_the_flags_accept_the_same_names() {
+        for b in [Backend::Local, Backend::Docker] {
+            let c = parse(&format!("[sandbox]\nbackend = \"{b}\"\n")).unwrap();
+            assert_eq!(c.sandbox.backend, b);
+            assert_eq!(b.as_str().parse::<Backend>(), Ok(b));
+        }
+        for d in [Device::Auto, Device::Cpu, Device::Cuda] {
+            let c = parse(&format!("[experiment]\ndevice = \"{d}\"\n")).unwrap();
+            assert_eq!(c.experiment.device, d);
+            assert_eq!(d.as_str().parse::<Device>(), Ok(d));
+        }
+        for p in [Profile::Tests, Profile::Cpu, Profile::Gpu] {
+            let c = parse(&format!("[experiment]\nprofile = \"{p}\"\n")).unwrap();
+            assert_eq!(c.experiment.profile, p);
+            assert_eq!(p.as_str().parse::<Profile>(), Ok(p));
+        }
+        let c = parse("").unwrap();
+        assert_eq!(
+            (c.sandbox.backend, c.experiment.device, c.experiment.profile),
+            (Backend::Local, Device::Auto, Profile::Cpu)
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_choices() {
+        let e = format!("{:#}", parse("[sandbox]\nbackend = \"dockr\"\n").unwrap_err());
+        assert!(e.contains("dockr") && e.contains("local") && e.contains("docker"), "{e}");
+        let e = format!("{:#}", parse("[experiment]\ndevice = \"gpu\"\n").unwrap_err());
+        assert!(e.contains("gpu") && e.contains("auto") && e.contains("cuda"), "{e}");
+        assert_eq!("Docker".parse::<Backend>(), Err("sandbox backend \"Docker\": use local or docker".to_string()));
+        assert_eq!("gpu".parse::<Device>(), Err("device \"gpu\": use auto, cpu or cuda".to_string()));
+        assert_eq!("big".parse::<Profile>(), Err("profile \"big\": use tests, cpu or gpu".to_string()));
     }
 }

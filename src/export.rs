@@ -26,8 +26,8 @@ use crate::edit::unified_diff;
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
 use crate::ledger::{Fingerprint, Ledger, Reported, Run, RunStatus, Standings};
 use crate::paths::{Paths, TRAIN_RS};
+use crate::report::test_split::{TestScores, checkpoint_of};
 use crate::score::Metrics;
-use crate::test_split::{TestScores, checkpoint_of};
 use crate::workspace::WorkspaceState;
 
 /// Largest checkpoint read (the train phase's file-size limit is 4 GiB).

@@ -19,6 +19,7 @@ use crate::audit::Head;
 use crate::durable::{AppendFile, LineProblem, Repair, parse_lines, read_or_empty};
 use crate::score::Metrics;
 
+pub mod noise;
 pub mod standings;
 pub use standings::Standings;
 

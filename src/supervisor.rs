@@ -1,11 +1,12 @@
 //! `autoresearch-mcp saturday`: leaves Claude Code running the loop, unattended, until a deadline.
 //!
 //! The supervisor starts Claude Code headless in the strict profile (only the six tools, see
-//! [`claude::strict_args`]) with `program.md` as the prompt, saves each session's stream-json
+//! [`claude::strict_args`]); `program.md` reaches the model once, as the server's MCP instructions, and
+//! the prompt just says to follow them ([`FOLLOW_THE_INSTRUCTIONS`]). It saves each session's stream-json
 //! transcript under `.autoresearch/sessions/`, and starts it again with a resume prompt whenever it
 //! stops early. API errors (overloaded, rate limits, 5xx) back off exponentially; an authentication
 //! error stops everything. The server it registers is started with the deadline and the experiment
-//! budget ([`RunLimits`]), so it refuses new runs past them. At the deadline a run in flight is let
+//! budget ([`crate::run_limits::RunLimits`]), so it refuses new runs past them. At the deadline a run in flight is let
 //! finish within its hard limit; then Claude Code gets SIGINT (it SIGINTs the server, which cancels
 //! whatever is left), SIGKILL after a grace, and any server or job left over is stopped too.
 //! One supervisor per workspace (`flock` on `.autoresearch/supervisor.lock`); its state is in
@@ -31,41 +32,6 @@ use crate::ledger::{self, Ledger, Run, RunStatus};
 use crate::paths::Paths;
 use crate::score::round_rank;
 use crate::workspace::{Workspace, WorkspaceState};
-
-// ------------------------------------------------------------------------------------------------
-// What the server enforces
-// ------------------------------------------------------------------------------------------------
-
-/// Limits a supervisor sets on `serve`: no new run past the deadline, or once the ledger holds
-/// `max_runs` runs. A refusal is a tool result the agent reads, audited like every call.
-#[derive(Debug, Clone, Default)]
-pub struct RunLimits {
-    pub deadline: Option<DateTime<Utc>>,
-    pub max_runs: Option<usize>,
-}
-
-impl RunLimits {
-    /// Why a new run must not start now, if it must not.
-    pub fn refusal(&self, runs_in_ledger: usize, now: DateTime<Utc>) -> Option<String> {
-        const THEN: &str = "Write what you learned and what to try next with append_scratchpad, then stop.";
-        if let Some(d) = self.deadline
-            && now >= d
-        {
-            return Some(format!(
-                "refused: the session's deadline ({}) has passed: no new experiments. {THEN}",
-                d.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z")
-            ));
-        }
-        if let Some(m) = self.max_runs
-            && runs_in_ledger >= m
-        {
-            return Some(format!(
-                "refused: the session's experiment budget is spent ({m} runs in the ledger): no new experiments. {THEN}"
-            ));
-        }
-        None
-    }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Options and the deadline
@@ -105,42 +71,15 @@ pub fn parse_deadline(until: Option<&str>, for_: Option<&str>, now: DateTime<Loc
                 );
             }
         }
-        (None, Some(f)) => now.with_timezone(&Utc) + chrono::Duration::from_std(parse_duration(f)?)?,
+        (None, Some(f)) => {
+            now.with_timezone(&Utc) + chrono::Duration::from_std(crate::duration::parse(f).context("--for")?)?
+        }
         _ => bail!("give exactly one of --until TIME and --for DURATION"),
     };
     if deadline <= now.with_timezone(&Utc) {
         bail!("the deadline {} is not in the future", deadline.with_timezone(&Local).to_rfc3339());
     }
     Ok(deadline)
-}
-
-/// `90s`, `45m`, `8h`, `1h30m`, `2d`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => bail!("duration {s:?}: unknown unit {c:?} (use s, m, h, d, e.g. 8h or 1h30m)"),
-        };
-        let n: u64 = num.parse().with_context(|| format!("duration {s:?}: a number must precede {c:?}"))?;
-        total += n * unit;
-        num.clear();
-    }
-    if !num.is_empty() || total == 0 {
-        bail!("duration {s:?}: use e.g. 90s, 45m, 8h or 1h30m");
-    }
-    Ok(Duration::from_secs(total))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -336,11 +275,7 @@ pub async fn saturday(paths: &Paths, opts: Options) -> Result<ExitCode> {
         sup.opts.deadline.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z"),
         sup.max_runs.map(|m| format!(", at most {} experiments", m - runs_at_start)).unwrap_or_default()
     ));
-    tokio::spawn(async move {
-        let s = crate::commands::shutdown_signal().await;
-        tracing::info!("received {s}: stopping Claude Code");
-        stop.cancel();
-    });
+    crate::shutdown::cancel_on_signal(&stop, |s| tracing::info!("received {s}: stopping Claude Code"));
     let (reason, code) = sup.run().await;
     sup.finish(&reason).await;
     Ok(code)
@@ -419,15 +354,17 @@ impl Supervisor {
         None
     }
 
-    /// program.md for a fresh loop; otherwise where things stand, then program.md.
+    /// [`FOLLOW_THE_INSTRUCTIONS`] for a fresh loop; otherwise where things stand, then that line.
+    /// program.md itself reaches the model once, as the server's MCP instructions.
     fn prompt(&self, session: usize) -> Result<String> {
-        let program = std::fs::read_to_string(self.paths.program_md())
-            .with_context(|| format!("read {}", self.paths.program_md().display()))?;
+        // The instructions are program.md: without it the loop would run on the server's fallback line.
+        std::fs::metadata(self.paths.program_md())
+            .with_context(|| format!("read {} (the loop's instructions)", self.paths.program_md().display()))?;
         let runs = Ledger::open(&self.paths.ledger())?.runs();
         if session == 1 && runs.is_empty() {
-            return Ok(program);
+            return Ok(FOLLOW_THE_INSTRUCTIONS.into());
         }
-        Ok(format!("{}\n---\n\n{program}", resume_prompt(&self.paths, &self.ws, &runs, self, session)))
+        Ok(format!("{}\n---\n\n{FOLLOW_THE_INSTRUCTIONS}", resume_prompt(&self.paths, &self.ws, &runs, self, session)))
     }
 
     /// Runs one Claude Code session to its end, stopping it at the deadline or budget.
@@ -687,6 +624,12 @@ pub fn best_so_far(runs: &[Run], ws: &WorkspaceState) -> String {
     }
 }
 
+/// The prompt of every session. The loop itself is program.md, which the server sends as its MCP
+/// instructions (the contract for any client) and Claude Code puts in the system prompt, so the
+/// prompt only points at it instead of repeating it.
+pub const FOLLOW_THE_INSTRUCTIONS: &str = "Run the autoresearch loop on trainer/src/train.rs now, with the six tools of the \
+     `autoresearch` server, exactly as its instructions (program.md) describe.";
+
 fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervisor, session: usize) -> String {
     let now = Utc::now();
     let left = (sup.opts.deadline - now).num_minutes().max(0);
@@ -714,7 +657,7 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
     }
     t.push_str(
         "train.rs may hold uncommitted edits from the last session: `edit_train view` it and decide (run it, \
-         commit after a successful run, or revert). Then continue the loop below. Never stop before the deadline.\n",
+         commit after a successful run, or revert). Then continue the loop. Never stop before the deadline.\n",
     );
     t
 }
@@ -742,17 +685,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("45m").unwrap(), Duration::from_secs(2700));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
-        for bad in ["", "h", "5x", "1h30", "0s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn deadlines() {
         let now = Local.with_ymd_and_hms(2026, 11, 28, 21, 0, 0).unwrap();
         let d = parse_deadline(Some("22:30"), None, now).unwrap();
@@ -768,16 +700,6 @@ mod tests {
         assert!(parse_deadline(Some("22:00"), Some("1h"), now).is_err(), "both");
         assert!(parse_deadline(None, None, now).is_err(), "neither");
         assert!(parse_deadline(Some("tonight"), None, now).is_err());
-    }
-
-    #[test]
-    fn limits_refuse_past_the_deadline_and_the_budget() {
-        let now = Utc::now();
-        let l = RunLimits { deadline: Some(now + chrono::Duration::minutes(5)), max_runs: Some(3) };
-        assert_eq!(l.refusal(2, now), None);
-        assert!(l.refusal(3, now).unwrap().contains("budget is spent"));
-        assert!(l.refusal(0, now + chrono::Duration::minutes(6)).unwrap().contains("deadline"));
-        assert_eq!(RunLimits::default().refusal(1000, now), None);
     }
 
     #[test]

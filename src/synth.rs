@@ -52,6 +52,15 @@ pub const SYNTH_VERSION: u32 = 1;
 /// The split names, in generation order, matching [`SynthSummary::counts`].
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 
+/// The sizes `synth --size` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Size {
+    /// [`SynthSpec::demo`].
+    Demo,
+    /// [`SynthSpec::tests`] (smaller).
+    Tests,
+}
+
 /// What to generate: the number of images per split and the seed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthSpec {

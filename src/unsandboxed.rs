@@ -19,7 +19,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, Device, Profile};
 use crate::experiment::{Runner, Trainer};
 use crate::fsutil::write_atomic;
 use crate::ledger::{PhaseTimes, Reported, RunStatus};
@@ -46,14 +46,14 @@ pub struct UnsandboxedArgs {
     pub dataset: PathBuf,
     /// Harness profile: tests, cpu or gpu (the full-size model: ViT-S/16 at 224 px, DistilBERT-size text).
     #[arg(long, default_value = "cpu")]
-    pub profile: String,
+    pub profile: Profile,
     /// The tokenizer.json `prepare` uses. Default: the text tower's, else the workspace Python
     /// environment's all-MiniLM-L6-v2 tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// `auto` (CUDA when libtorch sees it), `cpu` or `cuda` (an error when there is no CUDA device).
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: Device,
     /// Training budget in seconds (AR_BUDGET_S); default: the profile's (tests 60, cpu/gpu 300).
     /// train is killed at budget + grace (the configuration's default, 30 s).
     #[arg(long)]
@@ -105,19 +105,7 @@ pub async fn main(workspace: &Path, args: UnsandboxedArgs) -> Result<ExitCode> {
     eprintln!("!! {BANNER}.");
     eprintln!("!! For benchmark machines only; `serve`, `run` and every MCP tool always use the sandbox.");
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-        eprintln!("interrupted: stopping the phase in flight");
-        on_signal.cancel();
-    });
+    crate::shutdown::cancel_on_signal(&cancel, |_| eprintln!("interrupted: stopping the phase in flight"));
     let summary = run(workspace, &args, &cancel).await?;
     print!("{}", render(&summary));
     if let Some(path) = &args.json {
@@ -130,11 +118,7 @@ pub async fn main(workspace: &Path, args: UnsandboxedArgs) -> Result<ExitCode> {
 /// Checks the arguments, then runs prepare (unless cached) → train → embed-images → embed-texts →
 /// score through the server's [`Runner`] on the `none` backend.
 pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &CancellationToken) -> Result<UnsandboxedSummary> {
-    let profile: Profile = serde_json::from_value(serde_json::Value::String(args.profile.clone()))
-        .map_err(|_| anyhow::anyhow!("--profile {:?}: use tests, cpu or gpu", args.profile))?;
-    if !matches!(args.device.as_str(), "auto" | "cpu" | "cuda") {
-        bail!("--device {:?}: use auto, cpu or cuda", args.device);
-    }
+    let profile = args.profile;
     let abs =
         |p: &Path| -> Result<PathBuf> { p.canonicalize().with_context(|| format!("{} does not exist", p.display())) };
     let bin = abs(&args.trainer_bin)?;
@@ -156,7 +140,7 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
         bail!("--text-tower {} is not a Hugging Face folder with config.json and model.safetensors", t.display());
     }
     let (torch_lib, torch_version) = locate_torch(workspace, args.torch_lib.as_deref())?;
-    check_device(&args.device)?;
+    check_device(args.device)?;
     let tokenizer = abs(&tokenizer(workspace, args.tokenizer.as_deref(), text_tower.as_deref())?)?;
     std::fs::create_dir_all(&args.work).with_context(|| format!("create {}", args.work.display()))?;
     let work = abs(&args.work)?;
@@ -164,7 +148,7 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
     // The server's configuration, with this command's choices; paths are absolute.
     let mut config = Config::default();
     let e = &mut config.experiment;
-    (e.profile, e.device, e.seed) = (profile, args.device.clone(), args.seed);
+    (e.profile, e.device, e.seed) = (profile, args.device, args.seed);
     e.budget_seconds = args.budget.unwrap_or_else(|| profile.default_budget_seconds());
     e.embed_timeout_seconds = EMBED_TIMEOUT_SECONDS;
     (config.data.dataset, config.data.tokenizer) = (dataset.clone(), tokenizer);
@@ -216,7 +200,9 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
         );
     }
     let metrics = outcome.metrics.context("an ok run without metrics")?;
-    if outcome.reported.device.as_deref() == Some("cpu") && Path::new("/dev/nvidia0").exists() && args.device == "auto"
+    if outcome.reported.device.as_deref() == Some("cpu")
+        && Path::new("/dev/nvidia0").exists()
+        && args.device == Device::Auto
     {
         eprintln!(
             "warning: this machine has an NVIDIA device but the trainer ran on the CPU: is the torch in {} a CUDA build?",
@@ -226,7 +212,7 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
     Ok(UnsandboxedSummary {
         sandboxed: false,
         profile: profile.as_str().into(),
-        device_requested: args.device.clone(),
+        device_requested: args.device.to_string(),
         dataset,
         train_n: data[0].train_n,
         val_n: data[0].val_n,
@@ -376,8 +362,8 @@ fn torch_lib_from_python(python: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib"))
 }
 
-fn check_device(device: &str) -> Result<()> {
-    if device == "cuda" && !Path::new("/dev/nvidia0").exists() && !Path::new("/dev/nvidiactl").exists() {
+fn check_device(device: Device) -> Result<()> {
+    if device == Device::Cuda && !Path::new("/dev/nvidia0").exists() && !Path::new("/dev/nvidiactl").exists() {
         bail!(
             "--device cuda, but this machine shows no NVIDIA device (/dev/nvidia0): no GPU or no driver. \
              Use --device cpu (or auto), or run on a GPU machine"

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::Device;
+
 /// Which phase of `train` a process runs (`AR_PHASE`; the trainer's `context::Phase`). The trainer's
 /// `step-check` phase is the parity test's, never run by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,7 @@ pub struct TrainerEnv {
     /// `AR_SEED`.
     pub seed: u64,
     /// `AR_DEVICE`: `auto`, `cpu` or `cuda`, as configured (the trainer resolves `auto`).
-    pub device: String,
+    pub device: Device,
     /// `AR_IMAGE_TOWER`, `AR_TEXT_TOWER`: the pretrained towers, when configured.
     pub image_tower: Option<PathBuf>,
     pub text_tower: Option<PathBuf>,
@@ -58,7 +60,7 @@ impl TrainerEnv {
             ("AR_OUT".into(), path(&self.out)),
             ("AR_BUDGET_S".into(), self.budget_s.to_string()),
             ("AR_SEED".into(), self.seed.to_string()),
-            ("AR_DEVICE".into(), self.device.clone()),
+            ("AR_DEVICE".into(), self.device.as_str().into()),
         ];
         let optional = [
             ("AR_CHECKPOINT", &self.checkpoint),
@@ -84,7 +86,7 @@ mod tests {
             checkpoint: Some("/c/checkpoint.safetensors".into()),
             budget_s: 60,
             seed: 7,
-            device: "auto".into(),
+            device: Device::Auto,
             image_tower: None,
             text_tower: Some("/t".into()),
         };

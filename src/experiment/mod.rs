@@ -307,7 +307,7 @@ impl Runner {
             checkpoint: checkpoint.map(Path::to_path_buf),
             budget_s: self.config.budget_seconds(),
             seed,
-            device: self.config.experiment.device.clone(),
+            device: self.config.experiment.device,
             image_tower,
             text_tower,
         };

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 
 use super::{Fingerprint, Run, RunStatus};
-use crate::noise::{self, Flag};
+use crate::ledger::noise::{self, Flag};
 use crate::score::{Metrics, agent_delta, round_rank};
 
 /// Runs compare only within one fingerprint, and only when they succeeded within their budget with a

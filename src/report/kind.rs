@@ -1,5 +1,5 @@
 //! How a run shows in reports and tables (its [`Kind`]) and labels made safe for one line. Shared by
-//! the report and `report --test` ([`crate::test_split`]), which the report reads: kept here, apart
+//! the report and `report --test` ([`crate::report::test_split`]), which the report reads: kept here, apart
 //! from both, so neither imports the other back.
 
 use crate::ledger::{Run, RunStatus};

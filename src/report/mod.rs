@@ -6,7 +6,7 @@
 //! - `diffs/<run>.diff`: every experiment's change to train.rs, kept or not ([`diffs`]);
 //! - `report.html`: all of the above in one self-contained page ([`html`]);
 //! - `test.md`: after `report --test`, the baseline and kept runs on the test split
-//!   ([`crate::test_split`]); the tables and the page then show test mean ranks too.
+//!   ([`crate::report::test_split`]); the tables and the page then show test mean ranks too.
 //!
 //! Descriptions and diffs are agent text: every writer escapes them for its format.
 
@@ -14,6 +14,7 @@ pub mod chart;
 pub mod diffs;
 pub mod html;
 pub mod table;
+pub mod test_split;
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,7 @@ use anyhow::{Context, Result};
 use crate::fsutil::write_atomic;
 use crate::ledger::{Ledger, Run, Standings};
 use crate::paths::Paths;
-use crate::test_split::TestScores;
+use crate::report::test_split::TestScores;
 
 pub mod kind;
 use crate::workspace::WorkspaceState;

@@ -6,9 +6,9 @@ use serde_json::Value;
 use super::args::{CommitArgs, MAX_DESCRIPTION};
 use super::{Reply, Service};
 use crate::fsutil::{one_line, sha256_hex};
+use crate::ledger::noise;
 use crate::ledger::standings::Comparison;
 use crate::ledger::{Event, Run, Standings};
-use crate::noise;
 use crate::score::{Metrics, round_rank};
 use crate::workspace::CommitError;
 

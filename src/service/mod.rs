@@ -34,9 +34,9 @@ use crate::experiment::Runner;
 use crate::fsutil::{is_disk_full, sha256_hex, write_atomic};
 use crate::ledger::Ledger;
 use crate::paths::Paths;
+use crate::run_limits::RunLimits;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
-use crate::supervisor::RunLimits;
 use crate::workspace::{Workspace, WorkspaceState};
 use startup::{reconcile, temp_dirs};
 
@@ -142,7 +142,7 @@ impl Service {
         }
         let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,
-            None if config.sandbox.backend == "docker" => {
+            None if config.sandbox.backend == crate::config::Backend::Docker => {
                 let docker = Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?);
                 // Containers left by a server that died: removed in the background (needs the engine).
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {

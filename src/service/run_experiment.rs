@@ -14,8 +14,8 @@ use super::{Reply, Service, SlotGuard};
 use crate::edit;
 use crate::experiment::{Outcome, Runner, Toolchain, Trainer};
 use crate::fsutil::{free_bytes, one_line, sha256_hex, write_atomic};
+use crate::ledger::noise;
 use crate::ledger::{Event, Fingerprint, RunStatus, Standings};
-use crate::noise;
 use crate::pyenv::PyEnv;
 use crate::score::{Metrics, round_rank};
 

@@ -4,9 +4,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::args::ReadMetricsArgs;
+use crate::ledger::noise;
 use crate::ledger::standings::Comparison;
 use crate::ledger::{self, Run, RunStatus, Standings};
-use crate::noise;
 use crate::score::{Metrics, round_rank};
 
 /// One row of `read_metrics` (and the structured result of `run_experiment`): the agent's view of a

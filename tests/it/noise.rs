@@ -2,7 +2,7 @@
 //! repeats become the noise floor, and a train.rs that ignores its seed is flagged.
 
 use autoresearch_mcp::ledger::Ledger;
-use autoresearch_mcp::noise;
+use autoresearch_mcp::ledger::noise;
 use autoresearch_mcp::score::round_rank;
 use serde_json::json;
 

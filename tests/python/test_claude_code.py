@@ -255,6 +255,13 @@ def test_interactive_profile_denies_everything_but_the_six_tools_and_safe_reads(
 ):
     """The interactive CLI in a terminal, with the workspace's .claude/settings.json, trusted."""
     ws = workspace_with(server_bin, dataset, tmp_path)
+    # A clone of the repository used as a workspace holds the reference's answers: put them where a
+    # clone has them (ignored by git here, so the repository stays clean) and expect the Read refused.
+    answers = ws / "trainer/configs/final.toml"
+    answers.parent.mkdir()
+    answers.write_text('PROJ_DIM = "512"  # the reference\'s answer\n')
+    with open(ws / ".git/info/exclude", "a") as f:
+        f.write("trainer/configs/\n")
     marker = tmp_path / "bash-ran"
     head = git(ws, "rev-parse", "HEAD")
     mcp = "mcp__autoresearch__"
@@ -269,6 +276,7 @@ def test_interactive_profile_denies_everything_but_the_six_tools_and_safe_reads(
         "t_read_state": ("Read", {"file_path": str(ws / ".autoresearch/audit.jsonl")}),
         "t_read_git": ("Read", {"file_path": str(ws / ".git/config")}),
         "t_read_home": ("Read", {"file_path": str(tmp_path / "home/.claude/.claude.json")}),
+        "t_read_answers": ("Read", {"file_path": str(answers)}),
     }
     # Each of the six reaches the server (cheap calls; the refusals come from the server and are audited).
     six = {
@@ -301,6 +309,7 @@ def test_interactive_profile_denies_everything_but_the_six_tools_and_safe_reads(
     for tool_id, (name, _) in refused.items():
         block = tool_result(claude.api, tool_id)
         assert block.get("is_error") is True, (name, block)
+    assert "512" not in result_text(tool_result(claude.api, "t_read_answers")), "final.toml was read"
     assert "autoresearch loop" in result_text(tool_result(claude.api, "t_program")), "Read(./program.md) is allowed"
 
     outcomes = {r["tool"]: r["outcome"] for r in audit(ws)}

@@ -8,8 +8,8 @@ use tch::{nn::VarStore, Tensor};
 
 /// File name of the checkpoint in `AR_OUT`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-/// Key of the vocabulary size (i64, shape (1,)) in a checkpoint; not a variable name.
-pub const VOCAB_SIZE_KEY: &str = "harness.vocab_size";
+/// Key of the vocabulary size in a checkpoint (defined with the split's in [`crate::vocab`]).
+pub use crate::vocab::CHECKPOINT_KEY as VOCAB_SIZE_KEY;
 
 /// Writes `AR_OUT/checkpoint.safetensors` (f32 or whatever kind the variables have, on the CPU).
 pub fn save(ctx: &Context, vs: &VarStore, vocab_size: i64) -> Result<()> {

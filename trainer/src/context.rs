@@ -153,7 +153,7 @@ impl Context {
         };
         ctx.seed_all();
         if ctx.device.is_cuda() {
-            crate::summary::cuda_memory::start();
+            crate::cuda_memory::start();
         }
         Ok(ctx)
     }
@@ -188,8 +188,8 @@ impl Context {
     /// the text tower is built from it without the tokenizer, which is not mounted.
     pub fn vocab_size(&self) -> Result<i64> {
         let (file, key) = match self.phase {
-            Phase::Train => (&self.data, crate::data::VOCAB_SIZE_KEY),
-            _ => (self.checkpoint.as_ref().expect("checked in from_env"), crate::checkpoint::VOCAB_SIZE_KEY),
+            Phase::Train => (&self.data, crate::vocab::SPLIT_KEY),
+            _ => (self.checkpoint.as_ref().expect("checked in from_env"), crate::vocab::CHECKPOINT_KEY),
         };
         crate::safetensors_header::read_i64_scalar(file, key)
             .with_context(|| format!("reading the vocabulary size from {}", file.display()))

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Key of the vocabulary size (i64, shape (1,)) in a prepared split.
-pub const VOCAB_SIZE_KEY: &str = "vocab_size";
+/// Key of the vocabulary size in a prepared split (defined with the checkpoint's in [`crate::vocab`]).
+pub use crate::vocab::SPLIT_KEY as VOCAB_SIZE_KEY;
 
 /// A prepared split on the device.
 #[derive(Debug)]

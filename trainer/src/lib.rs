@@ -22,11 +22,14 @@
 //! - [`precision`]: bf16 autocast on CUDA.
 //! - [`step_check`]: the `step-check` phase's fixed batch and gradient dump (parity with PyTorch).
 //! - [`summary`]: `train_summary.json` (steps, final loss, peak memory, device, seconds, timeline).
+//! - [`cuda_memory`]: the CUDA device's peak memory in use, sampled from a background thread.
+//! - [`vocab`]: the keys under which a split and a checkpoint record the vocabulary size.
 //! - [`timeline`]: when the train phase loaded its data, began its first step and ended its loop.
 //! - [`safetensors_header`]: reading single small tensors without loading a whole file.
 
 pub mod checkpoint;
 pub mod context;
+pub mod cuda_memory;
 pub mod data;
 pub mod embed;
 pub mod heatmap;
@@ -41,6 +44,7 @@ pub mod step_check;
 pub mod summary;
 pub mod timeline;
 pub mod towers;
+pub mod vocab;
 pub mod weights;
 
 pub use context::{Context, Phase};

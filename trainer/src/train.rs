@@ -23,30 +23,30 @@ use tch::{Kind, Tensor};
 // ---------------------------------------------------------------------------
 // Hyperparameters (the reference's baseline, train.py before optimisation)
 // ---------------------------------------------------------------------------
-const PROJ_DIM: i64 = 128; // shared embedding width (reference final: 512)
-const BATCH_SIZE: i64 = 48; // images per contrastive batch (reference final: 64)
-const LEARNING_RATE: f64 = 3e-4; // peak LR (reference final: 2e-4)
+const PROJ_DIM: i64 = 128; // shared embedding width
+const BATCH_SIZE: i64 = 48; // images per contrastive batch
+const LEARNING_RATE: f64 = 3e-4; // peak LR
 const WEIGHT_DECAY: f64 = 1e-4; // AdamW, one group: every parameter, log_temperature too
-const MAX_STEPS: u64 = 400; // optimiser steps (reference final: 800)
-const WARMUP_STEPS: u64 = 40; // linear warmup, then cosine to 0 at MAX_STEPS (10%; reference final: 160)
+const MAX_STEPS: u64 = 400; // optimiser steps
+const WARMUP_STEPS: u64 = 40; // linear warmup, then cosine to 0 at MAX_STEPS
 const GRAD_CLIP: f64 = 1.0; // max global grad norm
 const BF16_AUTOCAST: bool = true; // CUDA only: matmuls in bf16, weights fp32 (the reference trained in fp32)
 const LOG_EVERY: u64 = MAX_STEPS / 10; // progress line every ~10% of the steps
 
 // eCLIP expert settings
-const EXPERT_PROB: f64 = 0.3; // probability of an expert batch each step (reference final: 0.8)
+const EXPERT_PROB: f64 = 0.3; // probability of an expert batch each step
 const MIXUP_ALPHA: f64 = 0.3; // lam ~ Beta(a, a) mixes image and masked embeddings
 const AUX_LOSS_WEIGHT: f64 = 0.1; // weight of the expert loss
 const HEATMAP_HEADS: i64 = 4; // heads of the heatmap processor's attention
 
 // Temperature (used as a logit *multiplier*, initialised at 1/0.07 = 14.3)
 const INIT_TEMPERATURE: f64 = 0.07;
-const MIN_TEMPERATURE: f64 = 0.01; // clamp bounds of the multiplier, as the reference had them:
-const MAX_TEMPERATURE: f64 = 2.0; // 14.3 clamped to 2.0 passes no gradient (reference fix: 100)
+const MIN_TEMPERATURE: f64 = 0.01; // lower clamp bound of the multiplier
+const MAX_TEMPERATURE: f64 = 2.0; // upper clamp bound of the multiplier
 
-// WiSE-FT after training: pretrained towers become alpha*pretrained + (1-alpha)*finetuned. The reference
-// started without it (0 = off); randomly initialised towers are left alone whatever the value.
-const WISE_FT_ALPHA: f64 = 0.0; // (reference final: 0.1)
+// WiSE-FT after training: pretrained towers become alpha*pretrained + (1-alpha)*finetuned;
+// randomly initialised towers are left alone whatever the value.
+const WISE_FT_ALPHA: f64 = 0.0; // alpha (0 = off)
 
 // The towers are library code, as timm and transformers are for the reference: eclip_harness::towers.
 // Their sizes come from the pretrained weights when the run has them (AR_IMAGE_TOWER: a timm ViT;

@@ -190,9 +190,11 @@ fn lock_workspace(paths: &Paths) -> Result<std::fs::File> {
 
 /// The sandbox backend the configuration names, as `serve` makes it.
 fn sandbox_for(config: &Config) -> Result<Arc<dyn Sandbox>> {
-    Ok(match config.sandbox.backend.as_str() {
-        "docker" => Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?),
-        _ => Arc::new(crate::sandbox::local::LocalSandbox::from_current_exe()?),
+    Ok(match config.sandbox.backend {
+        crate::config::Backend::Docker => {
+            Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?)
+        }
+        crate::config::Backend::Local => Arc::new(crate::sandbox::local::LocalSandbox::from_current_exe()?),
     })
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::Run;
+use super::Run;
 use crate::score::Metrics;
 
 /// How many noise floors an improvement must exceed to count as one (about 95% for normal noise).
