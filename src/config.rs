@@ -175,6 +175,9 @@ pub struct SandboxConfig {
     pub pids_limit: u64,
     /// CPU cores' worth of time a phase may use (0 = no limit).
     pub cpus: f64,
+    /// Threads libtorch may use in a train or embed phase (`OMP_NUM_THREADS`). 0 = the profile's
+    /// choice ([`Config::torch_threads`]).
+    pub threads: u32,
     /// GiB a train or embed phase may write (its scratch dir and outputs); past it the run ends
     /// `crashed` ("disk quota exceeded") and what it wrote is removed. 0 = no quota.
     pub disk_quota_gib: u64,
@@ -222,6 +225,7 @@ impl Default for SandboxConfig {
             memory_limit_gib: 16,
             pids_limit: 1024,
             cpus: 0.0,
+            threads: 0,
             disk_quota_gib: 10,
             build_disk_quota_gib: 40,
         }
@@ -248,6 +252,21 @@ impl Config {
         Ok(())
     }
 
+    /// Threads libtorch may use in a train or embed phase. The `tests` profile's model is tiny: one
+    /// thread runs it as fast as two, and OpenMP's spinning threads made a run 3-5x slower whenever two
+    /// jobs shared the cores (57 s vs 186-308 s for the same 400 steps on a busy 2-core machine). Other
+    /// profiles use the phase's CPU share (`cpus`), else every CPU the server may use.
+    pub fn torch_threads(&self) -> u32 {
+        if self.sandbox.threads > 0 {
+            return self.sandbox.threads;
+        }
+        match self.experiment.profile {
+            Profile::Tests => 1,
+            Profile::Cpu | Profile::Gpu if self.sandbox.cpus > 0.0 => self.sandbox.cpus.ceil() as u32,
+            Profile::Cpu | Profile::Gpu => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+
     pub fn budget_seconds(&self) -> u64 {
         match self.experiment.budget_seconds {
             0 => self.experiment.profile.default_budget_seconds(),
@@ -265,6 +284,16 @@ mod tests {
         let path = dir.path().join("autoresearch.toml");
         std::fs::write(&path, toml_text)?;
         Config::load(&path)
+    }
+
+    #[test]
+    fn torch_threads_follow_the_profile_unless_set() -> Result<()> {
+        assert_eq!(parse("[experiment]\nprofile = \"tests\"")?.torch_threads(), 1);
+        assert_eq!(parse("[experiment]\nprofile = \"cpu\"\n[sandbox]\ncpus = 2.5")?.torch_threads(), 3);
+        let all = std::thread::available_parallelism()?.get() as u32;
+        assert_eq!(parse("[experiment]\nprofile = \"gpu\"")?.torch_threads(), all);
+        assert_eq!(parse("[experiment]\nprofile = \"tests\"\n[sandbox]\nthreads = 4")?.torch_threads(), 4);
+        Ok(())
     }
 
     #[test]

@@ -298,6 +298,9 @@ impl Runner {
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("LD_LIBRARY_PATH".into(), torch_lib),
             ("TORCH_CPP_LOG_LEVEL".into(), "ERROR".into()),
+            // libtorch's intra-op threads (OpenMP and MKL read these at start).
+            ("OMP_NUM_THREADS".into(), self.config.torch_threads().to_string()),
+            ("MKL_NUM_THREADS".into(), self.config.torch_threads().to_string()),
         ];
         let contract = TrainerEnv {
             phase,
