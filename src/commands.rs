@@ -135,6 +135,7 @@ fn report(paths: &Paths, out: Option<std::path::PathBuf>) -> Result<ExitCode> {
     let out = out.unwrap_or_else(|| paths.report());
     eprintln!("report: reading {} and writing {}", paths.relative(&paths.ledger()).display(), out.display());
     let written = crate::report::write(paths, &out)?;
+    println!("{}\n", written.headline);
     print!("{}", written.markdown);
     println!();
     let diff_dir = out.join("diffs");

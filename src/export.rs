@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::edit::unified_diff;
 use crate::fsutil::{read_capped, sha256_hex, write_atomic};
-use crate::ledger::{Fingerprint, Ledger, Reported, Run, RunStatus};
+use crate::ledger::{Fingerprint, Ledger, Reported, Run, RunStatus, Standings};
 use crate::paths::{Paths, TRAIN_RS};
 use crate::score::Metrics;
 use crate::test_split::{TestScores, checkpoint_of};
@@ -128,10 +128,6 @@ pub struct Outcome {
     pub failed: Vec<String>,
 }
 
-fn cmp_rank(a: &&Run, b: &&Run) -> std::cmp::Ordering {
-    a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX))
-}
-
 /// Exports into `out`: the run `run_id`, or else the best kept run of the latest fingerprint, and the
 /// baseline run of the same fingerprint (its best by validation mean rank when it was repeated).
 pub fn export(paths: &Paths, out: &Path, run_id: Option<&str>) -> Result<Outcome> {
@@ -142,7 +138,6 @@ pub fn export(paths: &Paths, out: &Path, run_id: Option<&str>) -> Result<Outcome
     .context("parse workspace.json")?;
     let runs = Ledger::open(&paths.ledger())?.runs();
     let Some(latest) = runs.last() else { bail!("the ledger has no runs yet: nothing to export") };
-    let scored = |r: &&Run| r.status == RunStatus::Ok && r.metrics.is_some() && !r.overran;
     let mut out_models: Vec<(Role, &Run)> = vec![];
     let mut outcome = Outcome::default();
     let fp = match run_id {
@@ -157,32 +152,32 @@ pub fn export(paths: &Paths, out: &Path, run_id: Option<&str>) -> Result<Outcome
             out_models.push((Role::Chosen, run));
             &run.fingerprint
         }
-        None => {
-            let fp = &latest.fingerprint;
-            match runs.iter().filter(scored).filter(|r| r.kept && &r.fingerprint == fp).min_by(cmp_rank) {
-                Some(best) => out_models.push((Role::Best, best)),
-                None => outcome.notes.push(format!(
-                    "no kept run of the latest fingerprint ({}): exporting the baseline only",
-                    fp.short()
-                )),
-            }
-            fp
-        }
+        None => &latest.fingerprint,
     };
-    let baselines: Vec<&Run> = runs
-        .iter()
-        .filter(scored)
-        .filter(|r| r.train_hash == state.baseline_train_hash && &r.fingerprint == fp)
-        .collect();
-    match baselines.iter().copied().min_by(cmp_rank) {
+    let standings = Standings::of(&runs, fp, &state.baseline_train_hash);
+    if run_id.is_none() {
+        // The best kept result; when that is the baseline itself, it is exported once, as the baseline.
+        match standings.best {
+            Some(best) if best.kept => out_models.push((Role::Best, best)),
+            Some(best) => outcome.notes.push(format!(
+                "no kept run of the latest fingerprint ({}) beats the baseline {}: exporting the baseline only",
+                fp.short(),
+                best.id
+            )),
+            None => outcome
+                .notes
+                .push(format!("no kept run of the latest fingerprint ({}): exporting the baseline only", fp.short())),
+        }
+    }
+    let baselines = runs.iter().filter(|r| standings.includes(r) && r.train_hash == state.baseline_train_hash).count();
+    match standings.baseline {
         Some(b) if out_models.iter().any(|(_, r)| r.id == b.id) => {
             outcome.notes.push(format!("run {} is the baseline itself: exported once", b.id))
         }
         Some(b) => {
-            if baselines.len() > 1 {
+            if baselines > 1 {
                 outcome.notes.push(format!(
-                    "{} baseline runs of this fingerprint: exporting {}, the best by validation mean rank",
-                    baselines.len(),
+                    "{baselines} baseline runs of this fingerprint: exporting {}, the best by validation mean rank",
                     b.id
                 ));
             }

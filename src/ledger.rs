@@ -19,6 +19,9 @@ use crate::audit::Head;
 use crate::durable::{AppendFile, LineProblem, Repair, parse_lines, read_or_empty};
 use crate::score::Metrics;
 
+pub mod standings;
+pub use standings::Standings;
+
 /// Everything that must match for two runs' scores to be comparable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Fingerprint {
@@ -157,6 +160,9 @@ pub enum Event {
         at: DateTime<Utc>,
         commit: String,
         train_hash: String,
+        /// Why it was kept although it did not beat the best kept result (`commit`'s `reason`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         audit: Head,
     },
     Reverted {
@@ -194,6 +200,9 @@ pub struct Run {
     pub phases: PhaseTimes,
     pub overran: bool,
     pub kept: bool,
+    /// The reason given when it was kept (required when it did not beat the best kept result).
+    #[serde(default)]
+    pub kept_reason: Option<String>,
     pub commit: Option<String>,
     pub repeat_of: Option<String>,
     pub seed: u64,
@@ -340,6 +349,7 @@ impl Ledger {
                         phases: PhaseTimes::default(),
                         overran: false,
                         kept: false,
+                        kept_reason: None,
                         commit: None,
                         repeat_of: repeat_of.clone(),
                         seed: *seed,
@@ -358,9 +368,10 @@ impl Ledger {
                         r.message = message.clone();
                     }
                 }
-                Event::Kept { run_id, commit, .. } => {
+                Event::Kept { run_id, commit, reason, .. } => {
                     if let Some(&i) = index.get(run_id) {
                         runs[i].kept = true;
+                        runs[i].kept_reason = reason.clone();
                         runs[i].commit = Some(commit.clone());
                     }
                 }
@@ -374,17 +385,6 @@ impl Ledger {
     pub fn unfinished(&self) -> Vec<String> {
         self.runs().into_iter().filter(|r| r.status == RunStatus::Running).map(|r| r.id).collect()
     }
-}
-
-/// The run that sets the bar: the best (lowest mean rank) kept run with this fingerprint, or else
-/// the best run of the baseline train.rs.
-pub fn reference_run<'a>(runs: &'a [Run], fp: &Fingerprint, baseline_hash: &str) -> Option<&'a Run> {
-    let comparable = |r: &&Run| r.status == RunStatus::Ok && &r.fingerprint == fp && !r.overran;
-    let best_of = |it: Vec<&'a Run>| {
-        it.into_iter().min_by(|a, b| a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX)))
-    };
-    best_of(runs.iter().filter(comparable).filter(|r| r.kept).collect())
-        .or_else(|| best_of(runs.iter().filter(comparable).filter(|r| r.train_hash == baseline_hash).collect()))
 }
 
 #[cfg(test)]

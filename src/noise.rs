@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Run, RunStatus};
+use crate::ledger::Run;
 use crate::score::Metrics;
 
 /// How many noise floors an improvement must exceed to count as one (about 95% for normal noise).
@@ -52,13 +52,13 @@ pub fn sd(x: &[f64]) -> Option<f64> {
     Some((x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt())
 }
 
-/// The noise floor of the runs given (one fingerprint): the sd over the distinct seeds of the successful,
-/// in-budget runs of the baseline train.rs, with the number of seeds. A repeat with a seed already seen
+/// The noise floor of the comparable runs given ([`crate::ledger::standings::comparable`]): the sd over
+/// the distinct seeds of the runs of the baseline train.rs, with the number of seeds. A repeat with a seed already seen
 /// is the same sample again (training is deterministic per seed), so it counts once. `None` below two
 /// seeds, or when the baseline ignores its seed (zero spread would call every change significant).
 pub fn noise_floor(runs: &[&Run], baseline_hash: &str) -> Option<(f64, usize)> {
     let mut by_seed: std::collections::BTreeMap<u64, f64> = Default::default();
-    for r in runs.iter().filter(|r| r.train_hash == baseline_hash && r.status == RunStatus::Ok && !r.overran) {
+    for r in runs.iter().filter(|r| r.train_hash == baseline_hash) {
         let Some(m) = &r.metrics else { continue };
         for (i, rank) in m.samples().into_iter().enumerate() {
             by_seed.entry(r.seed.wrapping_add(i as u64)).or_insert(rank);

@@ -93,7 +93,8 @@ impl AutoresearchServer {
     }
 
     /// Keep the current train.rs: commit it on the experiment branch with the metric and delta of its
-    /// best successful run. Refused if this exact train.rs has no successful run, or nothing changed.
+    /// best successful run. Refused if this exact train.rs has no successful run, or nothing changed,
+    /// or (without a `reason`) if that run does not beat the best kept result.
     #[tool(annotations(destructive_hint = false, open_world_hint = false))]
     async fn commit(&self, Parameters(args): Parameters<CommitArgs>) -> CallToolResult {
         to_result(self.svc.commit(args, "mcp"))

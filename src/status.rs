@@ -103,7 +103,11 @@ fn row(r: &Run) -> String {
         status,
         r.mean_rank().map(|m| format!("{m:.2}")).unwrap_or("-".into()),
         if r.phases.total > 0.0 { format!("{:.0}s", r.phases.total) } else { "".into() },
-        if r.kept { "kept " } else { "" },
+        match (r.kept, &r.kept_reason) {
+            (true, Some(_)) => "kept with reason ",
+            (true, None) => "kept ",
+            _ => "",
+        },
         if r.overran { "OVERRAN " } else { "" },
         r.description
     )

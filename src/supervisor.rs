@@ -206,10 +206,9 @@ pub fn run_in_flight(paths: &Paths) -> Option<Run> {
     ledger.runs().into_iter().rev().find(|r| r.status == RunStatus::Running)
 }
 
-/// The result to beat: the best kept run of the latest fingerprint, else the best baseline run.
+/// The result to beat: the best kept result of the latest fingerprint ([`ledger::Standings`]).
 pub fn best_run(runs: &[Run], ws: &WorkspaceState) -> Option<Run> {
-    let fp = runs.last()?.fingerprint.clone();
-    ledger::reference_run(runs, &fp, &ws.baseline_train_hash).cloned()
+    ledger::Standings::current(runs, &ws.baseline_train_hash).best.cloned()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -551,7 +550,9 @@ impl Supervisor {
         let Ok(ledger) = Ledger::open(&self.paths.ledger()) else { return };
         let Some(best) = best_run(&ledger.runs(), &self.ws) else { return };
         let Some(rank) = best.mean_rank() else { return };
-        let better = self.best.as_ref().is_none_or(|(id, r)| *id != best.id && rank < *r);
+        // The standings only name another best when a better result is kept (or the fingerprint
+        // changed): any change is news, and the last line then names what `status` names.
+        let better = self.best.as_ref().is_none_or(|(id, _)| *id != best.id);
         if better {
             let msg = format!(
                 "new best: run {} mean rank {rank:.2}{} \"{}\"",
@@ -669,9 +670,21 @@ fn prompt_line(r: &Run) -> String {
         r.id,
         r.status,
         r.mean_rank().map(|m| format!("{:.2}", round_rank(m))).unwrap_or("-".into()),
-        if r.kept { "kept " } else { "" },
+        match (r.kept, &r.kept_reason) {
+            (true, Some(_)) => "kept with reason ",
+            (true, None) => "kept ",
+            _ => "",
+        },
         r.description
     )
+}
+
+/// The resume prompt's line naming the best kept result ([`best_run`]).
+pub fn best_so_far(runs: &[Run], ws: &WorkspaceState) -> String {
+    match best_run(runs, ws) {
+        Some(b) => format!("- best so far: {}\n", prompt_line(&b)),
+        None => "- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n".into(),
+    }
 }
 
 fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervisor, session: usize) -> String {
@@ -686,10 +699,7 @@ fn resume_prompt(paths: &Paths, ws: &WorkspaceState, runs: &[Run], sup: &Supervi
         t.push_str(&format!("; {} experiments left in this session's budget", m.saturating_sub(runs.len())));
     }
     t.push_str(".\nWhere things stand (from the server's ledger):\n");
-    match best_run(runs, ws) {
-        Some(b) => t.push_str(&format!("- best so far: {}\n", prompt_line(&b))),
-        None => t.push_str("- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n"),
-    }
+    t.push_str(&best_so_far(runs, ws));
     t.push_str(&format!("- {} runs in total; the last ones:\n", runs.len()));
     for r in runs.iter().rev().take(5).rev() {
         t.push_str(&format!("  {}\n", prompt_line(r)));

@@ -190,7 +190,7 @@ pub fn svg(report: &Report) -> String {
         let mut d = String::new();
         let mut best = f64::MAX;
         for e in seg {
-            let Some(v) = e.run.mean_rank().filter(|v| v.is_finite() && e.kind.sets_the_bar()) else { continue };
+            let Some(v) = e.run.mean_rank().filter(|_| e.sets_the_bar) else { continue };
             if d.is_empty() {
                 let _ = write!(d, "M{:.1} {:.1}", s.x(e.run.number), s.y(v));
                 best = v;

@@ -118,7 +118,7 @@ fn runs_table(o: &mut String, report: &Report) {
         }
         let _ = writeln!(
             o,
-            r##"<tr id="run-{id}" class="{kind}"><td class="num">{}</td><td><a href="#diff-{id}">{id}</a></td><td><span class="tag {kind}">{kind}</span></td><td title="{}">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><code>{}</code></td><td><code>{}</code></td><td class="desc">{}</td></tr>"##,
+            r##"<tr id="run-{id}" class="{kind}"><td class="num">{}</td><td><a href="#diff-{id}">{id}</a></td><td><span class="tag {kind}">{label}</span></td><td title="{}">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><code>{}</code></td><td><code>{}</code></td><td class="desc">{}</td></tr>"##,
             r.number,
             escape(r.message.as_deref().unwrap_or("")),
             escape(&status),
@@ -131,9 +131,10 @@ fn runs_table(o: &mut String, report: &Report) {
             num(r.phases.train, 1),
             escape(&r.commit.as_deref().map(|c| c[..c.len().min(10)].to_string()).unwrap_or_default()),
             escape(&e.fingerprint),
-            escape(&short_label(&r.description, 1000)),
+            escape(&e.description(1000)),
             id = escape(&r.id),
             kind = e.kind.as_str(),
+            label = e.kind_label(),
         );
     }
     o.push_str("</tbody>\n</table>\n");

@@ -42,11 +42,6 @@ impl Kind {
             Kind::Cancelled => "cancelled",
         }
     }
-
-    /// Counts toward the best-so-far line.
-    pub fn sets_the_bar(self) -> bool {
-        matches!(self, Kind::Kept | Kind::Baseline)
-    }
 }
 
 /// A description made safe for one line of a label: controls dropped, whitespace collapsed,

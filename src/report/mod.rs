@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::fsutil::write_atomic;
-use crate::ledger::{Ledger, Run};
+use crate::ledger::{Ledger, Run, Standings};
 use crate::paths::Paths;
 use crate::test_split::TestScores;
 
@@ -35,7 +35,9 @@ pub struct Entry {
     pub kind: Kind,
     /// Short id of the run's fingerprint.
     pub fingerprint: String,
-    /// The best kept (or baseline) mean rank of the same fingerprint before this run.
+    /// Counts toward the best kept result ([`Standings::sets_the_bar`]): the best-so-far line.
+    pub sets_the_bar: bool,
+    /// The best kept result of the same fingerprint before this run ([`Standings`]).
     pub best_before: Option<f64>,
     /// The run's change to train.rs (unified diff), and where it was found; `None` if nowhere.
     pub diff: Option<diffs::Diff>,
@@ -44,6 +46,22 @@ pub struct Entry {
 impl Entry {
     pub fn status(&self) -> String {
         serde_json::to_value(self.run.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+
+    /// "kept with reason" for a run kept although it did not beat the best, else the kind.
+    pub fn kind_label(&self) -> &'static str {
+        match (self.kind, &self.run.kept_reason) {
+            (Kind::Kept, Some(_)) => "kept with reason",
+            (k, _) => k.as_str(),
+        }
+    }
+
+    /// The description on one line, with the reason when it was kept with one.
+    pub fn description(&self, max: usize) -> String {
+        match &self.run.kept_reason {
+            Some(why) => short_label(&format!("{} (kept with reason: {why})", self.run.description), max),
+            None => short_label(&self.run.description, max),
+        }
     }
 
     /// Mean rank minus the best kept before it (negative is better).
@@ -66,6 +84,8 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub entries: Vec<Entry>,
+    /// The SHA-256 of the baseline's train.rs (`None` without workspace.json).
+    pub baseline_hash: Option<String>,
     pub branch: Option<String>,
     pub workspace: PathBuf,
     pub generated_at: chrono::DateTime<chrono::Utc>,
@@ -81,19 +101,26 @@ impl Report {
             std::fs::read(paths.workspace_state()).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let baseline = state.as_ref().map(|s| s.baseline_train_hash.clone());
         let finder = diffs::Finder::new(paths, &ledger);
-        let mut entries: Vec<Entry> = Vec::new();
-        for run in ledger.runs() {
-            let kind = Kind::of(&run, baseline.as_deref());
-            let best_before = entries
-                .iter()
-                .filter(|e| e.kind.sets_the_bar() && e.run.fingerprint == run.fingerprint)
-                .filter_map(|e| e.run.mean_rank())
-                .min_by(f64::total_cmp);
-            let diff = finder.find(&run);
-            entries.push(Entry { fingerprint: run.fingerprint.short(), kind, best_before, diff, run });
-        }
+        let runs = ledger.runs();
+        let hash = baseline.as_deref().unwrap_or_default();
+        let entries = (0..runs.len())
+            .map(|i| {
+                let run = &runs[i];
+                let standings = Standings::of(&runs, &run.fingerprint, hash);
+                let before = Standings::of(&runs[..i], &run.fingerprint, hash);
+                Entry {
+                    fingerprint: run.fingerprint.short(),
+                    kind: Kind::of(run, baseline.as_deref()),
+                    sets_the_bar: standings.sets_the_bar(run),
+                    best_before: before.best.and_then(|b| b.mean_rank()),
+                    diff: finder.find(run),
+                    run: run.clone(),
+                }
+            })
+            .collect();
         Ok(Report {
             entries,
+            baseline_hash: baseline,
             branch: state.map(|s| s.branch),
             workspace: paths.root.clone(),
             generated_at: chrono::Utc::now(),
@@ -101,13 +128,12 @@ impl Report {
         })
     }
 
-    /// The best kept (or baseline) run of the latest fingerprint.
+    /// The best kept result of the latest fingerprint ([`Standings`]).
     pub fn best(&self) -> Option<&Entry> {
-        let fp = &self.entries.last()?.run.fingerprint;
-        self.entries
-            .iter()
-            .filter(|e| e.kind.sets_the_bar() && &e.run.fingerprint == fp)
-            .min_by(|a, b| a.run.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.run.mean_rank().unwrap_or(f64::MAX)))
+        let runs: Vec<Run> = self.entries.iter().map(|e| e.run.clone()).collect();
+        let standings = Standings::current(&runs, self.baseline_hash.as_deref().unwrap_or_default());
+        let best = standings.best?;
+        self.entries.iter().find(|e| e.run.id == best.id)
     }
 
     /// The test-split metrics of a run, when the last `report --test` scored it.
@@ -143,6 +169,8 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub dir: PathBuf,
+    /// [`Report::headline`].
+    pub headline: String,
     pub files: Vec<PathBuf>,
     pub markdown: String,
 }
@@ -173,5 +201,5 @@ pub fn write(paths: &Paths, out: &Path) -> Result<Written> {
         }
     }
     put(out.join("report.html"), html::page(&report, &svg).as_bytes())?;
-    Ok(Written { dir: out.to_path_buf(), files, markdown })
+    Ok(Written { dir: out.to_path_buf(), headline: report.headline(), files, markdown })
 }

@@ -28,7 +28,7 @@ pub fn markdown(report: &Report) -> String {
             "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.number,
             r.id,
-            e.kind.as_str(),
+            e.kind_label(),
             e.status(),
             if r.overran { " (overran)" } else { "" },
             fmt(m.map(|m| m.mean_rank), 2),
@@ -41,7 +41,7 @@ pub fn markdown(report: &Report) -> String {
             fmt(r.phases.train, 1),
             short_commit(e),
             e.fingerprint,
-            super::short_label(&r.description, 500).replace('\\', "\\\\").replace('|', "\\|"),
+            e.description(500).replace('\\', "\\\\").replace('|', "\\|"),
         ));
     }
     t
@@ -83,6 +83,7 @@ pub const TSV_COLUMNS: &[&str] = &[
     "fingerprint",
     "train_hash",
     "description",
+    "kept_reason",
 ];
 
 /// Tab-separated, a header line then one line per run; tabs and newlines in text become spaces.
@@ -128,6 +129,7 @@ pub fn tsv(report: &Report) -> String {
             e.fingerprint.clone(),
             r.train_hash.clone(),
             super::short_label(&r.description, 10_000),
+            super::short_label(r.kept_reason.as_deref().unwrap_or_default(), 10_000),
         ];
         t.push_str(&cells.map(|c| c.replace(['\t', '\n', '\r'], " ")).join("\t"));
         t.push('\n');

@@ -51,6 +51,7 @@ pub struct RunExperimentArgs {
     /// Train this train.rs over this many seeds (1-5, default 1; each takes a full budget) and score
     /// the mean ± sd. Repeating the unmodified baseline measures the noise floor.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_SEEDS))]
     pub seeds: Option<u32>,
 }
 
@@ -71,6 +72,11 @@ pub struct ReadMetricsArgs {
 pub struct CommitArgs {
     /// One line describing the kept change; it goes into the commit message after the metric and delta.
     pub description: String,
+    /// Required only to keep a train.rs whose best run does not beat the best kept result (e.g. "same
+    /// score, half the code"): one line, recorded in the commit and the ledger. The best kept result
+    /// then stays what it was.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -84,4 +90,21 @@ pub struct RevertArgs {
 pub struct ScratchpadArgs {
     /// The note to append (markdown; tabs and newlines allowed, no other control characters; at most 8 KB).
     pub entry: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema the agent reads (as rmcp generates it for tools/list) says what is valid.
+    #[test]
+    fn the_seeds_schema_says_one_to_five() {
+        let schema = rmcp::handler::server::common::schema_for_type::<RunExperimentArgs>();
+        let seeds = &schema["properties"]["seeds"];
+        assert_eq!(
+            (seeds["minimum"].as_u64(), seeds["maximum"].as_u64()),
+            (Some(1), Some(MAX_SEEDS as u64)),
+            "{seeds}"
+        );
+    }
 }

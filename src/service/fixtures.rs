@@ -38,6 +38,7 @@ pub fn run(id: &str, train_hash: &str, m: Metrics, kept: bool) -> Run {
         phases: Default::default(),
         overran: false,
         kept,
+        kept_reason: None,
         commit: None,
         repeat_of: None,
         seed: 42,

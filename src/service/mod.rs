@@ -32,12 +32,10 @@ use crate::config::Config;
 use crate::durable::Repair;
 use crate::experiment::Runner;
 use crate::fsutil::{is_disk_full, sha256_hex, write_atomic};
-use crate::ledger::{Ledger, Run};
-use crate::noise;
+use crate::ledger::Ledger;
 use crate::paths::Paths;
 use crate::sandbox::Sandbox;
 use crate::sandbox::local::LocalSandbox;
-use crate::score::{Metrics, agent_delta, round_rank};
 use crate::supervisor::RunLimits;
 use crate::workspace::{Workspace, WorkspaceState};
 use startup::{reconcile, temp_dirs};
@@ -394,14 +392,4 @@ fn take_lock(paths: &Paths) -> Result<File> {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
-}
-
-fn cmp_rank(a: &&Run, b: &&Run) -> std::cmp::Ordering {
-    a.mean_rank().unwrap_or(f64::MAX).total_cmp(&b.mean_rank().unwrap_or(f64::MAX))
-}
-
-/// A flag's sentence with the delta against the best kept result and the noise floor rounded as
-/// the agent sees them (`m` exact: the delta is taken between the rounded values).
-fn explain_for_agent(f: noise::Flag, m: &Metrics, best: Option<f64>, floor: Option<f64>) -> String {
-    f.explain(best.map(|b| agent_delta(m.mean_rank, b)), floor.map(round_rank))
 }

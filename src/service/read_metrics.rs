@@ -5,8 +5,6 @@ use serde_json::Value;
 use super::args::ReadMetricsArgs;
 use super::view::{MetricsView, metrics_view, render_view};
 use super::{Reply, Service};
-use crate::ledger::{Fingerprint, Run, RunStatus};
-use crate::noise;
 
 impl Service {
     pub fn read_metrics(&self, args: ReadMetricsArgs, via: &str) -> Reply {
@@ -22,17 +20,5 @@ impl Service {
     pub fn metrics_view(&self, args: &ReadMetricsArgs) -> MetricsView {
         let runs = self.ledger.lock().unwrap().runs();
         MetricsView { in_flight: self.run_in_flight(), ..metrics_view(&runs, &self.state.baseline_train_hash, args) }
-    }
-
-    /// The best kept mean rank and the noise floor of fingerprint `fp`, leaving out run `except`.
-    pub(super) fn comparison(&self, runs: &[Run], fp: &Fingerprint, except: &str) -> (Option<f64>, Option<f64>) {
-        let same: Vec<&Run> = runs
-            .iter()
-            .filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran && r.id != except)
-            .collect();
-        let best = same.iter().filter(|r| r.kept).filter_map(|r| r.mean_rank()).min_by(f64::total_cmp);
-        let all: Vec<&Run> =
-            runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
-        (best, noise::noise_floor(&all, &self.state.baseline_train_hash).map(|f| f.0))
     }
 }

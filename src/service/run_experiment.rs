@@ -9,15 +9,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{MAX_DESCRIPTION, MAX_SEEDS, RunExperimentArgs};
-use super::view::RunRow;
-use super::{Reply, Service, SlotGuard, explain_for_agent};
+use super::view;
+use super::{Reply, Service, SlotGuard};
 use crate::edit;
 use crate::experiment::{Outcome, Runner, Toolchain, Trainer};
 use crate::fsutil::{free_bytes, one_line, sha256_hex, write_atomic};
-use crate::ledger::{self, Event, Fingerprint, Run, RunStatus};
+use crate::ledger::{Event, Fingerprint, RunStatus, Standings};
 use crate::noise;
 use crate::pyenv::PyEnv;
-use crate::score::{Metrics, agent_delta, round_rank};
+use crate::score::{Metrics, round_rank};
 
 impl Service {
     /// The runner, made on the first run: locating the Python environment may install it (pip, for
@@ -126,27 +126,19 @@ impl Service {
         let ledger = self.ledger.lock().unwrap();
         let runs = ledger.runs();
         drop(ledger);
-        let this = runs.iter().find(|r| r.id == run_id).cloned();
-        let reference = ledger::reference_run(
-            &runs.iter().filter(|r| r.id != run_id).cloned().collect::<Vec<_>>(),
-            &fingerprint,
-            &self.state.baseline_train_hash,
-        )
-        .cloned();
-        let mut text = summarize_run(run_id, &outcome, reference.as_ref(), &fingerprint);
-        if let Some(m) = &outcome.metrics {
-            let (best, floor) = self.comparison(&runs, &fingerprint, run_id);
-            for f in noise::flags(m, best, floor) {
-                text.push_str(&format!("warning: {}\n", explain_for_agent(f, m, best, floor)));
-            }
-        }
+        let standings = Standings::of(&runs, &fingerprint, &self.state.baseline_train_hash);
+        let mut text = summarize_run(run_id, &outcome, &standings, &fingerprint);
         if let Some(r) = &repeat_of {
             text.push_str(&format!(
                 "\nnote: train.rs is identical to run {r} (same fingerprint): this is a repeat, not a new experiment.\n"
             ));
         }
         let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
-        reply.structured = this.as_ref().map(|r| json!(RunRow::from(r)));
+        // The same comparison as the text: one reference, one delta, the same flags.
+        reply.structured = runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| json!(view::row(r, r.metrics.as_ref().map(|m| standings.compare(run_id, m)))));
         reply
     }
 
@@ -284,8 +276,11 @@ struct Setup {
     run_dir: std::path::PathBuf,
 }
 
-fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option<&Run>, fp: &Fingerprint) -> String {
+/// The reply's text: the result, its comparison with the best kept result (`standings`), what the
+/// server measured, and what to do next.
+fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Standings, fp: &Fingerprint) -> String {
     let mut t = String::new();
+    let comparison = o.metrics.as_ref().map(|m| standings.compare(run_id, m));
     let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     match o.metrics.as_ref().map(Metrics::for_agent) {
         Some(m) => {
@@ -304,13 +299,13 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
                     noise::sd(&m.folds).unwrap_or(0.0)
                 ));
             }
-            match reference.and_then(|r| r.mean_rank().map(|b| (r, b))) {
-                Some((r, b)) => t.push_str(&format!(
-                    ", delta {:+.2} vs {} {} ({:.2}); lower is better\n",
-                    agent_delta(m.mean_rank, b),
+            let compared = comparison.as_ref().and_then(|c| Some((c.reference?, c.delta_for_agent()?)));
+            match compared {
+                Some((r, delta)) => t.push_str(&format!(
+                    ", delta {delta:+.2} vs {} {} ({:.2}); lower is better\n",
                     if r.kept { "best kept" } else { "baseline" },
                     r.id,
-                    round_rank(b)
+                    r.mean_rank().map(round_rank).unwrap_or_default()
                 )),
                 None => t.push_str(", no earlier comparable run\n"),
             }
@@ -356,8 +351,18 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, reference: Option
         t.push_str(msg);
         t.push('\n');
     }
-    if o.status == RunStatus::Ok {
-        t.push_str("Next: commit if this beats the best kept result, otherwise revert.\n");
+    if let Some(c) = comparison.as_ref().filter(|_| o.status == RunStatus::Ok && !o.overran) {
+        t.push_str(&match c.reference {
+            None => "Next: commit to keep it (nothing to compare with yet), or revert.\n".to_string(),
+            Some(_) if c.beats() => "Next: commit if this beats the best kept result, otherwise revert.\n".into(),
+            Some(r) => format!(
+                "Next: revert: this does not beat the best kept result {}; commit it only with a `reason` to keep it anyway.\n",
+                r.id
+            ),
+        });
+    }
+    for w in comparison.iter().flat_map(|c| c.warnings()) {
+        t.push_str(&format!("warning: {w}\n"));
     }
     t
 }
@@ -377,12 +382,37 @@ mod tests {
             overran: false,
             message: None,
         };
-        let reference = run("r0002", "other", exact(14.004999, &[]), true);
-        let t = summarize_run("r0004", &o, Some(&reference), &fingerprint());
+        let runs = vec![run("r0002", "other", exact(14.004999, &[]), true)];
+        let t = summarize_run("r0004", &o, &Standings::current(&runs, BASELINE), &fingerprint());
         assert!(t.contains("mean rank 12.35 ± 0.33 (n=2)"), "{t}");
         assert!(t.contains("[11.36, 13.33]"), "{t}");
         assert!(t.contains("delta -1.65 vs best kept r0002 (14.00)"), "{t}");
         assert!(t.contains("R@1/5/10 33.3/66.7/71.4%"), "{t}");
+        assert!(t.contains("Next: commit if this beats"), "{t}");
         assert!(max_decimals(&t) <= 2, "{t}");
+    }
+
+    #[test]
+    fn the_run_reply_and_its_row_give_the_same_delta_against_the_same_run() {
+        // Baseline r0001 at 20, r0002 kept with a reason at 25 (worse), the new run r0003 at 22.
+        let mut runs = ledger();
+        runs[0].metrics = Some(exact(20.0, &[]));
+        runs[1].metrics = Some(exact(25.0, &[]));
+        runs[1].kept_reason = Some("simpler".into());
+        runs[2].metrics = Some(exact(22.0, &[]));
+        let o = crate::experiment::Outcome {
+            status: RunStatus::Ok,
+            metrics: runs[2].metrics.clone(),
+            reported: Default::default(),
+            phases: Default::default(),
+            overran: false,
+            message: None,
+        };
+        let standings = Standings::current(&runs, BASELINE);
+        let t = summarize_run("r0003", &o, &standings, &fingerprint());
+        assert!(t.contains("delta +2.00 vs baseline r0001 (20.00)"), "{t}");
+        assert!(t.contains("does not beat the best kept result r0001"), "{t}");
+        let row = view::row(&runs[2], Some(standings.compare("r0003", runs[2].metrics.as_ref().unwrap())));
+        assert_eq!((row.delta_vs_best_kept, row.compared_with.as_deref()), (Some(2.0), Some("r0001")));
     }
 }

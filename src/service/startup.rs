@@ -54,7 +54,8 @@ pub(super) fn reconcile(ws: &Workspace, state: &WorkspaceState, ledger: &mut Led
             continue;
         };
         audit.append_repair(&Repair::Reconciled { commit: id.clone(), run_id: run_id.clone() })?;
-        ledger.append(Event::Kept { run_id, at: *at, commit: id.clone(), train_hash, audit: audit.head() })?;
+        let reason = trailer(msg, "Kept-Reason:");
+        ledger.append(Event::Kept { run_id, at: *at, commit: id.clone(), train_hash, reason, audit: audit.head() })?;
     }
     let on_branch: std::collections::BTreeSet<&String> = commits.iter().map(|c| &c.0).collect();
     for k in kept.iter().filter(|k| !on_branch.contains(k)) {

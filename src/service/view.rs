@@ -4,10 +4,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::args::ReadMetricsArgs;
-use super::cmp_rank;
-use crate::ledger::{self, Run, RunStatus};
+use crate::ledger::standings::Comparison;
+use crate::ledger::{self, Run, RunStatus, Standings};
 use crate::noise;
-use crate::score::{Metrics, agent_delta, round_rank};
+use crate::score::{Metrics, round_rank};
 
 /// One row of `read_metrics` (and the structured result of `run_experiment`): the agent's view of a
 /// run, its metrics at the agent's resolution ([`Metrics::for_agent`]).
@@ -20,6 +20,8 @@ pub struct RunRow {
     pub status: RunStatus,
     pub metrics: Option<Metrics>,
     pub kept: bool,
+    /// Why it was kept although it did not beat the best kept result (`commit`'s `reason`).
+    pub kept_reason: Option<String>,
     pub overran: bool,
     /// Server-measured seconds, all phases.
     pub duration_s: f64,
@@ -36,8 +38,11 @@ pub struct RunRow {
     pub mean_rank_sd: Option<f64>,
     /// Independent samples behind the mean rank (seeds; 1 for a single training).
     pub samples: usize,
-    /// Mean rank minus the best kept result of its fingerprint (negative is better; read_metrics only).
+    /// Mean rank minus `compared_with`'s, as the agent sees both (negative is better).
     pub delta_vs_best_kept: Option<f64>,
+    /// The best kept result of its fingerprint (the baseline counts as kept); in `run_experiment`'s
+    /// reply, the best other than this run.
+    pub compared_with: Option<String>,
     /// What the comparison with the best kept result and the noise floor found.
     pub flags: Vec<noise::Flag>,
 }
@@ -51,6 +56,7 @@ impl From<&Run> for RunRow {
             train_hash: r.train_hash[..12.min(r.train_hash.len())].into(),
             status: r.status,
             kept: r.kept,
+            kept_reason: r.kept_reason.clone(),
             overran: r.overran,
             duration_s: r.phases.total,
             phases: r.phases.clone(),
@@ -62,6 +68,7 @@ impl From<&Run> for RunRow {
             samples: metrics.as_ref().map(|m| m.samples().len()).unwrap_or(0),
             metrics,
             delta_vs_best_kept: None,
+            compared_with: None,
             flags: vec![],
         }
     }
@@ -72,7 +79,9 @@ impl From<&Run> for RunRow {
 pub struct MetricsView {
     pub runs: Vec<RunRow>,
     pub total_runs: usize,
-    /// Lowest mean rank among kept runs of the current fingerprint.
+    /// The best kept result of the current fingerprint: the lowest mean rank among the kept runs and
+    /// the runs of the baseline train.rs (the branch starts from it); a run kept with a reason is the
+    /// best only if it is better.
     pub best_kept: Option<RunRow>,
     /// Best run of the unmodified train.rs of the current fingerprint.
     pub baseline: Option<RunRow>,
@@ -85,48 +94,38 @@ pub struct MetricsView {
     pub in_flight: Option<String>,
 }
 
+/// The agent's row of run `r`, with what comparing it found (`None`: not comparable here).
+pub fn row(r: &Run, comparison: Option<Comparison>) -> RunRow {
+    let mut row = RunRow::from(r);
+    if let Some(c) = comparison {
+        row.delta_vs_best_kept = c.delta_for_agent();
+        row.compared_with = c.reference.map(|b| b.id.clone());
+        row.flags = c.flags;
+    }
+    row
+}
+
 /// The structured content of `read_metrics` over the ledger's `runs` (`in_flight` left empty), at
 /// the agent's resolution.
 pub fn metrics_view(runs: &[Run], baseline_hash: &str, args: &ReadMetricsArgs) -> MetricsView {
-    let current_fp = runs.last().map(|r| r.fingerprint.clone());
+    let standings = Standings::current(runs, baseline_hash);
     let mut view = MetricsView {
-        runs: vec![],
+        runs: runs
+            .iter()
+            .filter(|r| args.status.is_none_or(|s| r.status == s))
+            .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
+            .map(|r| {
+                let same_fp = standings.fingerprint() == Some(&r.fingerprint);
+                row(r, r.metrics.as_ref().filter(|_| same_fp).map(|m| standings.against_best(m)))
+            })
+            .collect(),
         total_runs: runs.len(),
-        best_kept: None,
-        baseline: None,
-        noise_floor: None,
-        noise_floor_samples: 0,
+        best_kept: standings.best.map(RunRow::from),
+        baseline: standings.baseline.map(RunRow::from),
+        noise_floor: standings.noise_floor.map(|f| round_rank(f.0)),
+        noise_floor_samples: standings.noise_floor.map_or(0, |f| f.1),
         in_flight: None,
     };
-    // The exact best and floor decide the flags; the agent sees them rounded.
-    let (mut best, mut floor) = (None, None);
-    if let Some(fp) = &current_fp {
-        let same: Vec<&Run> =
-            runs.iter().filter(|r| &r.fingerprint == fp && r.status == RunStatus::Ok && !r.overran).collect();
-        let best_kept = same.iter().filter(|r| r.kept).min_by(|a, b| cmp_rank(a, b));
-        best = best_kept.and_then(|r| r.mean_rank());
-        view.best_kept = best_kept.map(|r| RunRow::from(*r));
-        let base = same.iter().filter(|r| r.train_hash == baseline_hash);
-        view.baseline = base.min_by(|a, b| cmp_rank(a, b)).map(|r| RunRow::from(*r));
-        let measured = noise::noise_floor(&same, baseline_hash);
-        floor = measured.map(|f| f.0);
-        (view.noise_floor, view.noise_floor_samples) = (floor.map(round_rank), measured.map_or(0, |f| f.1));
-    }
-    view.runs = runs
-        .iter()
-        .filter(|r| args.status.is_none_or(|s| r.status == s))
-        .filter(|r| !args.kept_only.unwrap_or(false) || r.kept)
-        .map(|r| {
-            let mut row = RunRow::from(r);
-            if Some(&r.fingerprint) == current_fp.as_ref()
-                && let Some(m) = &r.metrics
-            {
-                row.delta_vs_best_kept = best.map(|b| agent_delta(m.mean_rank, b));
-                row.flags = noise::flags(m, best, floor);
-            }
-            row
-        })
-        .collect();
     if let Some(n) = args.last {
         let skip = view.runs.len().saturating_sub(n);
         view.runs.drain(..skip);
@@ -144,14 +143,21 @@ pub fn render_view(v: &MetricsView) -> String {
             serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
             r.metrics.as_ref().map(noise::mean_pm).unwrap_or("-".into()),
             format!("{:.0}s", r.duration_s),
-            if r.kept { "kept " } else { "" },
+            match (r.kept, &r.kept_reason) {
+                (true, Some(_)) => "kept with reason ",
+                (true, None) => "kept ",
+                _ => "",
+            },
             if r.overran { "OVERRAN " } else { "" },
             r.description,
-        ) + &r
-            .flags
-            .iter()
-            .map(|f| format!("      flag: {}\n", f.explain(r.delta_vs_best_kept, v.noise_floor)))
-            .collect::<String>()
+        ) + &r.kept_reason.iter().map(|why| format!("      kept with reason: {why}\n")).collect::<String>()
+            + &r.flags
+                .iter()
+                .map(|f| {
+                    let vs = r.compared_with.as_deref().map(|c| format!(" (vs {c})")).unwrap_or_default();
+                    format!("      flag{vs}: {}\n", f.explain(r.delta_vs_best_kept, v.noise_floor))
+                })
+                .collect::<String>()
     };
     if let Some(b) = &v.baseline {
         t.push_str(&format!("baseline: {}", line(b)));

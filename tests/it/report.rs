@@ -161,6 +161,7 @@ fn build_fixture(ws: &Ws) -> Vec<Spec> {
                     at: at + chrono::Duration::minutes(3),
                     commit,
                     train_hash: hash.clone(),
+                    reason: None,
                     audit: head(),
                 })
                 .unwrap();

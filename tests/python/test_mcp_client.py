@@ -37,6 +37,12 @@ async def test_tools_list_is_exactly_the_six_tools_with_schemas(server):
         assert p in props, f"edit_train schema lacks {p}"
         assert "description" in str(props[p]), f"edit_train.{p} has no description"
 
+    # What is valid is what the schema says: 1 to 5 seeds; commit's reason is optional.
+    seeds = tools["run_experiment"].input_schema["properties"]["seeds"]
+    assert (seeds.get("minimum"), seeds.get("maximum")) == (1, 5), seeds
+    commit = tools["commit"].input_schema
+    assert "reason" in commit["properties"] and commit.get("required") == ["description"], commit
+
     out = tools["read_metrics"].output_schema
     assert out and out.get("type") == "object", "read_metrics declares an output schema"
     assert {"runs", "total_runs"} <= set(out.get("required", [])), out.get("required")
