@@ -664,3 +664,30 @@ fn stopped(r: &JobOutcome, failed: RunStatus) -> Option<RunStatus> {
         _ => Some(failed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(end: JobEnd, secs: u64) -> JobOutcome {
+        let wall = Duration::from_secs(secs);
+        JobOutcome { end, wall, tail: vec![], log_truncated: false, peak_memory_bytes: None, oom_killed: false }
+    }
+
+    #[test]
+    fn a_train_phase_overran_when_killed_or_past_budget_plus_the_configured_grace() {
+        assert!(!overran(&train(JobEnd::Exited(0), 75), 60, 30), "within the grace");
+        assert!(overran(&train(JobEnd::Exited(0), 91), 60, 30), "past budget + grace");
+        assert!(overran(&train(JobEnd::Exited(0), 66), 60, 5), "the grace is the configured one");
+        assert!(overran(&train(JobEnd::TimedOut, 10), 60, 30), "killed at its limit");
+    }
+
+    #[test]
+    fn trials_of_several_seeds_and_folds_get_their_own_folders_and_labels() {
+        let root = Path::new("/r");
+        assert_eq!(trial_dir(root, (0, 42, 1), (0, 1)), (PathBuf::from("/r"), String::new()));
+        let (dir, label) = trial_dir(root, (1, 43, 2), (2, 3));
+        assert_eq!(dir, PathBuf::from("/r/seed-43/fold-3"));
+        assert_eq!(label, " (seed 43, 2/2, fold 3/3)");
+    }
+}
