@@ -14,7 +14,6 @@
 //! fold's checkpoint, and the table says so.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -31,7 +30,6 @@ use crate::ledger::{Ledger, Run};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::report::kind::{Kind, short_label};
-use crate::sandbox::Sandbox;
 use crate::score::Metrics;
 use crate::workspace::WorkspaceState;
 
@@ -189,15 +187,6 @@ fn lock_workspace(paths: &Paths) -> Result<std::fs::File> {
 }
 
 /// The sandbox backend the configuration names, as `serve` makes it.
-fn sandbox_for(config: &Config) -> Result<Arc<dyn Sandbox>> {
-    Ok(match config.sandbox.backend {
-        crate::config::Backend::Docker => {
-            Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?)
-        }
-        crate::config::Backend::Local => Arc::new(crate::sandbox::local::LocalSandbox::from_current_exe()?),
-    })
-}
-
 /// SHA-256 of a file that a job wrote, never through a symlink, streamed.
 fn file_sha256(path: &Path) -> Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -254,7 +243,7 @@ pub async fn score_runs(paths: &Paths, cancel: &CancellationToken, say: &dyn Fn(
         config: config.clone(),
         pyenv: PyEnv::locate_cancellable(&paths.root, cancel).await?,
         trainer: Trainer::Build(Toolchain::detect()?),
-        sandbox: sandbox_for(&config)?,
+        sandbox: crate::sandbox::configured(&config.sandbox, false)?,
     };
     let (phase, mut phase_rx) = tokio::sync::watch::channel(String::new());
     let echo = tokio::spawn(async move {

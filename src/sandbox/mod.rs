@@ -147,3 +147,27 @@ pub trait Sandbox: Send + Sync {
         Box::pin(quota::enforce(self, job, cancel))
     }
 }
+
+/// The backend `autoresearch.toml` names, the one place it is chosen (`serve`, `run`, `report --test`).
+/// With `reap`, containers a server that died left behind are removed in the background (the docker
+/// backend; the local one's leftovers are reaped per run by their cgroups).
+pub fn configured(config: &crate::config::SandboxConfig, reap: bool) -> anyhow::Result<std::sync::Arc<dyn Sandbox>> {
+    use crate::config::Backend;
+    Ok(match config.backend {
+        Backend::Local => std::sync::Arc::new(local::LocalSandbox::from_current_exe()?),
+        Backend::Docker => {
+            let docker = std::sync::Arc::new(docker::DockerSandbox::new(config.docker_image.clone())?);
+            if let (true, Ok(rt)) = (reap, tokio::runtime::Handle::try_current()) {
+                let d = docker.clone();
+                rt.spawn(async move {
+                    match d.reap_orphans().await {
+                        Ok(n) if n > 0 => tracing::warn!(n, "removed containers left by a server that died"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("could not look for orphan containers: {e:#}"),
+                    }
+                });
+            }
+            docker
+        }
+    })
+}

@@ -36,7 +36,6 @@ use crate::ledger::Ledger;
 use crate::paths::Paths;
 use crate::run_limits::RunLimits;
 use crate::sandbox::Sandbox;
-use crate::sandbox::local::LocalSandbox;
 use crate::workspace::{Workspace, WorkspaceState};
 use startup::{reconcile, temp_dirs};
 
@@ -142,22 +141,7 @@ impl Service {
         }
         let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,
-            None if config.sandbox.backend == crate::config::Backend::Docker => {
-                let docker = Arc::new(crate::sandbox::docker::DockerSandbox::new(config.sandbox.docker_image.clone())?);
-                // Containers left by a server that died: removed in the background (needs the engine).
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let d = docker.clone();
-                    rt.spawn(async move {
-                        match d.reap_orphans().await {
-                            Ok(n) if n > 0 => tracing::warn!(n, "removed containers left by a server that died"),
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!("could not look for orphan containers: {e:#}"),
-                        }
-                    });
-                }
-                docker
-            }
-            None => Arc::new(LocalSandbox::from_current_exe()?),
+            None => crate::sandbox::configured(&config.sandbox, true)?,
         };
         Ok(Self {
             paths,
