@@ -171,11 +171,14 @@ impl Runner {
     }
 
     pub fn device(&self) -> String {
-        match self.config.experiment.device.as_str() {
-            "auto" if Path::new("/dev/nvidia0").exists() => "cuda".into(),
-            "auto" => "cpu".into(),
-            d => d.into(),
+        use crate::config::Device;
+        match self.config.experiment.device {
+            Device::Auto if Path::new("/dev/nvidia0").exists() => Device::Cuda,
+            Device::Auto => Device::Cpu,
+            d => d,
         }
+        .as_str()
+        .into()
     }
 
     /// SHA-256 over every file of the fixed harness: the trainer package minus train.rs and build output.
