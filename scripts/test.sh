@@ -68,7 +68,7 @@ cargo test --locked
 
 say "Python tests: the MCP client; Claude Code itself (the pinned CLI, scripted model); the saturday supervisor"
 cargo build --locked
-AUTORESEARCH_BIN="$PWD/target/debug/autoresearch-mcp" "$ENV/bin/python" -m pytest -q tests/python
+AUTORESEARCH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/autoresearch-mcp" "$ENV/bin/python" -m pytest -q tests/python
 
 say "benchmark: cheap tool latency"
 cargo bench --locked --bench cheap_tools
