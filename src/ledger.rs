@@ -68,6 +68,28 @@ pub enum RunStatus {
     Abandoned,
 }
 
+impl RunStatus {
+    /// The word the ledger, the replies and the report use (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::BuildFailed => "build_failed",
+            RunStatus::Crashed => "crashed",
+            RunStatus::Timeout => "timeout",
+            RunStatus::InvalidOutput => "invalid_output",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Timings measured by the server (trusted), in seconds; phases that ran per seed or fold add up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct PhaseTimes {
@@ -391,6 +413,14 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_words_are_the_serde_names() {
+        use RunStatus::*;
+        for st in [Running, Ok, BuildFailed, Crashed, Timeout, InvalidOutput, Cancelled, Abandoned] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+    }
 
     fn started(id: &str) -> Event {
         Event::Started {

@@ -96,7 +96,7 @@ pub fn render(paths: &Paths) -> Result<String> {
 }
 
 fn row(r: &Run) -> String {
-    let status = serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let status = r.status.to_string();
     format!(
         "{} {:<14} {:>9} {:>6} {}{}\"{}\"",
         r.id,

@@ -46,7 +46,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn status(&self) -> String {
-        serde_json::to_value(self.run.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        self.run.status.to_string()
     }
 
     /// "kept with reason" for a run kept although it did not beat the best, else the kind.

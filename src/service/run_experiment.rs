@@ -281,7 +281,7 @@ struct Setup {
 fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Standings, fp: &Fingerprint) -> String {
     let mut t = String::new();
     let comparison = o.metrics.as_ref().map(|m| standings.compare(run_id, m));
-    let status = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let status = o.status.to_string();
     match o.metrics.as_ref().map(Metrics::for_agent) {
         Some(m) => {
             t.push_str(&format!(

@@ -140,7 +140,7 @@ pub fn render_view(v: &MetricsView) -> String {
         format!(
             "{} {:<14} {:>9} {:>6} {}{} {}\n",
             r.id,
-            serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            r.status.to_string(),
             r.metrics.as_ref().map(noise::mean_pm).unwrap_or("-".into()),
             format!("{:.0}s", r.duration_s),
             match (r.kept, &r.kept_reason) {
