@@ -158,6 +158,10 @@ pub struct DataConfig {
     pub images: PathBuf,
 }
 
+/// The docker backend's image when `sandbox.docker_image` is not set: the offline test image
+/// `scripts/docker-engine.sh` builds.
+pub const DEFAULT_DOCKER_IMAGE: &str = "autoresearch-sandbox:test";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
@@ -219,7 +223,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             backend: Backend::Local,
-            docker_image: crate::sandbox::docker::DEFAULT_IMAGE.into(),
+            docker_image: DEFAULT_DOCKER_IMAGE.into(),
             trainer_target_dir: PathBuf::new(),
             log_cap_bytes: 8 << 20,
             memory_limit_gib: 16,

@@ -40,8 +40,8 @@ use super::local::{LogSink, NOBODY};
 use super::root::SYSTEM_READ_ONLY;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
 
-/// The offline test image `scripts/docker-engine.sh` builds: an empty root.
-pub const DEFAULT_IMAGE: &str = "autoresearch-sandbox:test";
+/// The offline test image `scripts/docker-engine.sh` builds (an empty root); named in config.
+pub use crate::config::DEFAULT_DOCKER_IMAGE as DEFAULT_IMAGE;
 /// Label on every container this server creates.
 pub const LABEL: &str = "autoresearch-mcp";
 /// Label holding the pid of the server that created the container.
