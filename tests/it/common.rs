@@ -194,3 +194,23 @@ pub fn torch_lib() -> PathBuf {
     }
     panic!("no torch/lib under {}", lib.display())
 }
+
+/// Metrics of a run at `mean_rank`, every other figure fixed: for ledgers written by a test.
+pub fn metrics_at(mean_rank: f64) -> autoresearch_mcp::score::Metrics {
+    autoresearch_mcp::score::Metrics {
+        mean_rank,
+        median_rank: mean_rank,
+        i2t_mean_rank: mean_rank,
+        t2i_mean_rank: mean_rank,
+        i2t_r1: 10.0,
+        i2t_r5: 30.0,
+        i2t_r10: 45.0,
+        t2i_r1: 10.0,
+        t2i_r5: 30.0,
+        t2i_r10: 45.0,
+        n: 256,
+        random_mean_rank: 127.5,
+        folds: vec![],
+        seeds: vec![],
+    }
+}

@@ -13,7 +13,6 @@ use std::time::Duration;
 use autoresearch_mcp::audit::{GENESIS, Head};
 use autoresearch_mcp::fsutil::sha256_hex;
 use autoresearch_mcp::ledger::{Event, Fingerprint, Ledger, PhaseTimes, Reported, RunStatus};
-use autoresearch_mcp::score::Metrics;
 use chrono::Utc;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use serde_json::{Value, json};
@@ -98,25 +97,6 @@ fn doctor_state(ws: &Ws) -> String {
     out(&ws.cli(&["doctor", "--state"]))
 }
 
-fn metrics(mean_rank: f64) -> Metrics {
-    Metrics {
-        mean_rank,
-        median_rank: mean_rank,
-        i2t_mean_rank: mean_rank,
-        t2i_mean_rank: mean_rank,
-        i2t_r1: 10.0,
-        i2t_r5: 30.0,
-        i2t_r10: 45.0,
-        t2i_r1: 10.0,
-        t2i_r5: 30.0,
-        t2i_r10: 45.0,
-        n: 256,
-        random_mean_rank: 127.5,
-        folds: vec![],
-        seeds: vec![],
-    }
-}
-
 /// Gives the ledger one finished, successful, in-budget run per text (as a server records one), so
 /// that `commit` accepts those train.rs contents without training anything.
 fn seed_ok_runs(ws: &Ws, texts: &[String]) {
@@ -152,7 +132,7 @@ fn seed_ok_runs(ws: &Ws, texts: &[String]) {
                 run_id,
                 at: Utc::now(),
                 status: RunStatus::Ok,
-                metrics: Some(metrics(100.0 - i as f64 * 0.01)),
+                metrics: Some(metrics_at(100.0 - i as f64 * 0.01)),
                 reported: Reported::default(),
                 phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
                 overran: false,

@@ -9,31 +9,11 @@
 use autoresearch_mcp::audit::{GENESIS, Head};
 use autoresearch_mcp::fsutil::sha256_hex;
 use autoresearch_mcp::ledger::{Event, Fingerprint, Ledger, PhaseTimes, Reported, RunStatus};
-use autoresearch_mcp::score::Metrics;
 use autoresearch_mcp::workspace::WorkspaceState;
 use chrono::Utc;
 use serde_json::json;
 
 use crate::common::*;
-
-fn metrics(mean_rank: f64) -> Metrics {
-    Metrics {
-        mean_rank,
-        median_rank: mean_rank,
-        i2t_mean_rank: mean_rank,
-        t2i_mean_rank: mean_rank,
-        i2t_r1: 10.0,
-        i2t_r5: 30.0,
-        i2t_r10: 45.0,
-        t2i_r1: 10.0,
-        t2i_r5: 30.0,
-        t2i_r10: 45.0,
-        n: 256,
-        random_mean_rank: 127.5,
-        folds: vec![],
-        seeds: vec![],
-    }
-}
 
 /// Appends one finished, successful run of the train.rs with SHA-256 `hash`.
 fn seed_run(ledger: &mut Ledger, id: &str, hash: &str, description: &str, mean_rank: f64) {
@@ -62,7 +42,7 @@ fn seed_run(ledger: &mut Ledger, id: &str, hash: &str, description: &str, mean_r
         run_id: id.into(),
         at: Utc::now(),
         status: RunStatus::Ok,
-        metrics: Some(metrics(mean_rank)),
+        metrics: Some(metrics_at(mean_rank)),
         reported: Reported::default(),
         phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
         overran: false,
