@@ -297,13 +297,14 @@ impl Runner {
     ) -> Result<Vec<(String, String)>> {
         let torch_lib = self.pyenv.torch_lib().map(|p| p.display().to_string()).unwrap_or_default();
         let (image_tower, text_tower) = self.towers()?;
+        let threads = self.config.torch_threads().to_string();
         let mut env = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("LD_LIBRARY_PATH".into(), torch_lib),
             ("TORCH_CPP_LOG_LEVEL".into(), "ERROR".into()),
             // libtorch's intra-op threads (OpenMP and MKL read these at start).
-            ("OMP_NUM_THREADS".into(), self.config.torch_threads().to_string()),
-            ("MKL_NUM_THREADS".into(), self.config.torch_threads().to_string()),
+            ("OMP_NUM_THREADS".into(), threads.clone()),
+            ("MKL_NUM_THREADS".into(), threads),
         ];
         let contract = TrainerEnv {
             phase,

@@ -186,6 +186,19 @@ fn slow_train_rs(ws: &Ws) {
     std::fs::write(ws.train_rs(), insert_at_main_start(&src, slow)).unwrap();
 }
 
+/// Sends `run_experiment` as a request the client can cancel (notifications/cancelled) and returns its handle.
+async fn start_cancellable_run(c: &Client, description: &str) -> rmcp::service::RequestHandle<rmcp::RoleClient> {
+    let params = rmcp::model::CallToolRequestParams::new("run_experiment")
+        .with_arguments(json!({ "description": description }).as_object().cloned().unwrap());
+    c.service
+        .send_cancellable_request(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn wait_for_training(ws: &Ws) {
     let needle = format!("AR_OUT={}", ws.root.display());
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -221,16 +234,7 @@ async fn cancelling_the_request_or_sigint_stops_the_run_and_records_it() {
 
     // 1. The client cancels the tool call (notifications/cancelled).
     let c = ws.client().await;
-    let params = rmcp::model::CallToolRequestParams::new("run_experiment")
-        .with_arguments(json!({"description": "to be cancelled"}).as_object().cloned().unwrap());
-    let handle = c
-        .service
-        .send_cancellable_request(
-            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
-            rmcp::service::PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
+    let handle = start_cancellable_run(&c, "to be cancelled").await;
     wait_for_training(&ws).await;
     handle.cancel(Some("user pressed escape".into())).await.unwrap();
     wait_until_gone_except(&ws, Some(c.pid)).await;
@@ -372,16 +376,7 @@ async fn a_run_cancelled_during_setup_is_audited_and_leaves_no_process() {
     );
     std::fs::write(ws.root.join("scripts/python-env.sh"), script).unwrap();
     let c = ws.client().await;
-    let params = rmcp::model::CallToolRequestParams::new("run_experiment")
-        .with_arguments(json!({"description": "cancelled in setup"}).as_object().cloned().unwrap());
-    let handle = c
-        .service
-        .send_cancellable_request(
-            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
-            rmcp::service::PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
+    let handle = start_cancellable_run(&c, "cancelled in setup").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_to_string(&pids).map(|s| s.split_whitespace().count() < 2).unwrap_or(true) {
         assert!(Instant::now() < deadline, "the setup script never started");
