@@ -19,6 +19,8 @@ use crate::audit::Head;
 use crate::durable::{AppendFile, LineProblem, Repair, parse_lines, read_or_empty};
 use crate::score::Metrics;
 
+#[cfg(test)]
+pub mod fixtures;
 pub mod noise;
 pub mod standings;
 pub use standings::Standings;

@@ -160,38 +160,11 @@ mod tests {
     use super::*;
 
     fn fp(budget: u64) -> Fingerprint {
-        Fingerprint {
-            harness: "h".into(),
-            data: "d".into(),
-            val_n: 100,
-            budget_seconds: budget,
-            profile: "tests".into(),
-            device: "cpu".into(),
-            libtorch: "2.11.0".into(),
-            towers: String::new(),
-        }
+        crate::ledger::fixtures::fingerprint(100, budget)
     }
 
     fn run(n: usize, hash: &str, rank: Option<f64>, kept: bool) -> Run {
-        Run {
-            id: format!("r{n:04}"),
-            number: n,
-            started_at: chrono::Utc::now(),
-            train_hash: hash.into(),
-            description: "d".into(),
-            status: if rank.is_some() { RunStatus::Ok } else { RunStatus::Crashed },
-            metrics: rank.map(|r| crate::score::fixture(r, &[])),
-            reported: Default::default(),
-            phases: Default::default(),
-            overran: false,
-            kept,
-            kept_reason: None,
-            commit: None,
-            repeat_of: None,
-            seed: 42,
-            message: None,
-            fingerprint: fp(60),
-        }
+        crate::ledger::fixtures::run(n, hash, rank.map(|r| crate::score::fixture(r, &[])), kept, fp(60))
     }
 
     #[test]

@@ -1,23 +1,12 @@
 //! Ledgers for the service's unit tests.
 
-use chrono::Utc;
-
-use crate::ledger::{Fingerprint, Run, RunStatus};
+use crate::ledger::{Fingerprint, Run};
 use crate::score::Metrics;
 
 pub const BASELINE: &str = "baseline-hash";
 
 pub fn fingerprint() -> Fingerprint {
-    Fingerprint {
-        harness: "h".into(),
-        data: "d".into(),
-        val_n: 333,
-        budget_seconds: 60,
-        profile: "tests".into(),
-        device: "cpu".into(),
-        libtorch: "2.11.0".into(),
-        towers: String::new(),
-    }
+    crate::ledger::fixtures::fingerprint(333, 60)
 }
 
 /// Metrics with many decimals everywhere, as the scorer produces them.
@@ -26,25 +15,7 @@ pub fn exact(mean: f64, seeds: &[f64]) -> Metrics {
 }
 
 pub fn run(id: &str, train_hash: &str, m: Metrics, kept: bool) -> Run {
-    Run {
-        id: id.into(),
-        number: id[1..].parse().unwrap(),
-        started_at: Utc::now(),
-        train_hash: train_hash.into(),
-        description: "d".into(),
-        status: RunStatus::Ok,
-        metrics: Some(m),
-        reported: Default::default(),
-        phases: Default::default(),
-        overran: false,
-        kept,
-        kept_reason: None,
-        commit: None,
-        repeat_of: None,
-        seed: 42,
-        message: None,
-        fingerprint: fingerprint(),
-    }
+    crate::ledger::fixtures::run(id[1..].parse().unwrap(), train_hash, Some(m), kept, fingerprint())
 }
 
 /// The most digits after a decimal point among the numbers written in `text`.
