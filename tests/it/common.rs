@@ -214,3 +214,50 @@ pub fn metrics_at(mean_rank: f64) -> autoresearch_mcp::score::Metrics {
         seeds: vec![],
     }
 }
+
+/// Appends one finished, successful run of the train.rs with SHA-256 `hash`.
+pub fn seed_ok_run(
+    ledger: &mut autoresearch_mcp::ledger::Ledger,
+    id: &str,
+    hash: &str,
+    description: &str,
+    mean_rank: f64,
+) {
+    use autoresearch_mcp::audit::{GENESIS, Head};
+    use autoresearch_mcp::ledger::{Event, Fingerprint, PhaseTimes, Reported, RunStatus};
+    use chrono::Utc;
+    let head = || Head { hash: GENESIS.into(), lines: 0 };
+    let fingerprint = Fingerprint {
+        harness: "a".repeat(64),
+        data: "b".repeat(64),
+        val_n: 256,
+        budget_seconds: 60,
+        profile: "tests".into(),
+        device: "cpu".into(),
+        libtorch: "2.11.0".into(),
+        towers: String::new(),
+    };
+    let started = Event::Started {
+        run_id: id.into(),
+        at: Utc::now(),
+        train_hash: hash.into(),
+        description: description.into(),
+        fingerprint,
+        seed: 42,
+        repeat_of: None,
+        audit: head(),
+    };
+    let finished = Event::Finished {
+        run_id: id.into(),
+        at: Utc::now(),
+        status: RunStatus::Ok,
+        metrics: Some(metrics_at(mean_rank)),
+        reported: Reported::default(),
+        phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
+        overran: false,
+        message: None,
+        audit: head(),
+    };
+    ledger.append(started).unwrap();
+    ledger.append(finished).unwrap();
+}

@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use autoresearch_mcp::audit::{GENESIS, Head};
 use autoresearch_mcp::fsutil::sha256_hex;
-use autoresearch_mcp::ledger::{Event, Fingerprint, Ledger, PhaseTimes, Reported, RunStatus};
-use chrono::Utc;
+use autoresearch_mcp::ledger::Ledger;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use serde_json::{Value, json};
 
@@ -102,44 +100,10 @@ fn doctor_state(ws: &Ws) -> String {
 fn seed_ok_runs(ws: &Ws, texts: &[String]) {
     let mut ledger = Ledger::open(&ws.state("runs.jsonl")).unwrap();
     let start = ledger.runs().len();
-    let fp = Fingerprint {
-        harness: "a".repeat(64),
-        data: "b".repeat(64),
-        val_n: 256,
-        budget_seconds: 60,
-        profile: "tests".into(),
-        device: "cpu".into(),
-        libtorch: "2.11.0".into(),
-        towers: String::new(),
-    };
-    let head = || Head { hash: GENESIS.into(), lines: 0 };
     for (i, text) in texts.iter().enumerate() {
         let run_id = format!("r{:04}", start + i + 1);
-        ledger
-            .append(Event::Started {
-                run_id: run_id.clone(),
-                at: Utc::now(),
-                train_hash: sha256_hex(text.as_bytes()),
-                description: format!("variant {}", i + 1),
-                fingerprint: fp.clone(),
-                seed: 42,
-                repeat_of: None,
-                audit: head(),
-            })
-            .unwrap();
-        ledger
-            .append(Event::Finished {
-                run_id,
-                at: Utc::now(),
-                status: RunStatus::Ok,
-                metrics: Some(metrics_at(100.0 - i as f64 * 0.01)),
-                reported: Reported::default(),
-                phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
-                overran: false,
-                message: None,
-                audit: head(),
-            })
-            .unwrap();
+        let description = format!("variant {}", i + 1);
+        seed_ok_run(&mut ledger, &run_id, &sha256_hex(text.as_bytes()), &description, 100.0 - i as f64 * 0.01);
     }
 }
 

@@ -6,52 +6,12 @@
 //! starts, as a server would have written them (a baseline at 20.00, the raised learning rate at
 //! 25.00); the commits go through the real server and git.
 
-use autoresearch_mcp::audit::{GENESIS, Head};
 use autoresearch_mcp::fsutil::sha256_hex;
-use autoresearch_mcp::ledger::{Event, Fingerprint, Ledger, PhaseTimes, Reported, RunStatus};
+use autoresearch_mcp::ledger::Ledger;
 use autoresearch_mcp::workspace::WorkspaceState;
-use chrono::Utc;
 use serde_json::json;
 
 use crate::common::*;
-
-/// Appends one finished, successful run of the train.rs with SHA-256 `hash`.
-fn seed_run(ledger: &mut Ledger, id: &str, hash: &str, description: &str, mean_rank: f64) {
-    let head = || Head { hash: GENESIS.into(), lines: 0 };
-    let fingerprint = Fingerprint {
-        harness: "a".repeat(64),
-        data: "b".repeat(64),
-        val_n: 256,
-        budget_seconds: 60,
-        profile: "tests".into(),
-        device: "cpu".into(),
-        libtorch: "2.11.0".into(),
-        towers: String::new(),
-    };
-    let started = Event::Started {
-        run_id: id.into(),
-        at: Utc::now(),
-        train_hash: hash.into(),
-        description: description.into(),
-        fingerprint,
-        seed: 42,
-        repeat_of: None,
-        audit: head(),
-    };
-    let finished = Event::Finished {
-        run_id: id.into(),
-        at: Utc::now(),
-        status: RunStatus::Ok,
-        metrics: Some(metrics_at(mean_rank)),
-        reported: Reported::default(),
-        phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
-        overran: false,
-        message: None,
-        audit: head(),
-    };
-    ledger.append(started).unwrap();
-    ledger.append(finished).unwrap();
-}
 
 fn git(ws: &Ws, args: &[&str]) -> String {
     let o = std::process::Command::new("git").arg("-C").arg(&ws.root).args(args).output().unwrap();
@@ -71,8 +31,8 @@ async fn a_worse_run_is_kept_only_with_a_reason_and_everything_names_the_same_be
     );
     {
         let mut ledger = Ledger::open(&ws.state("runs.jsonl")).unwrap();
-        seed_run(&mut ledger, "r0001", &state.baseline_train_hash, "baseline", 20.0);
-        seed_run(&mut ledger, "r0002", &sha256_hex(raised.as_bytes()), "LR 3e-4 -> 1e-3", 25.0);
+        seed_ok_run(&mut ledger, "r0001", &state.baseline_train_hash, "baseline", 20.0);
+        seed_ok_run(&mut ledger, "r0002", &sha256_hex(raised.as_bytes()), "LR 3e-4 -> 1e-3", 25.0);
     }
     let c = ws.client().await;
     let e = c.call("edit_train", edit).await;
