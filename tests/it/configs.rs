@@ -29,7 +29,7 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn final_settings_beat_the_baseline_on_every_seed() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let mut rows = vec![];
     let mut random = 0.0;
     for config in ["baseline", "final"] {

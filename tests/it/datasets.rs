@@ -27,7 +27,7 @@ fn ukiyo_evg_copy(dir: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ukiyo_evg_layout_with_three_fold_cross_validation() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let data = tempfile::tempdir().unwrap();
     ukiyo_evg_copy(data.path());
     // A short budget: this checks the protocol (three folds, their mean), not the model.

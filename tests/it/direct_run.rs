@@ -49,7 +49,7 @@ fn unsandboxed(args: &[&std::ffi::OsStr]) -> Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::new();
     let bins = tempfile::tempdir().unwrap();
     build_trainer(&ws, bins.path());

@@ -110,7 +110,7 @@ fn report(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn escape_suite_local_backend() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let arena = Arena::new().await;
     escape_suite(&arena).await;
     round_two(&arena).await;
@@ -124,7 +124,7 @@ async fn escape_suite_docker_backend() {
         eprintln!("SKIPPED escape_suite_docker_backend: no Docker engine could be started: {e}");
         return;
     }
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let image = autoresearch_mcp::sandbox::docker::DEFAULT_IMAGE;
     let ws = Arena::workspace(&format!("backend = \"docker\"\ndocker_image = \"{image}\"\n"));
     let arena = Arena::with(ws, true).await;

@@ -18,7 +18,7 @@ fn ledger_events(ws: &Ws) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _machine = whole_machine().await;
     // A budget far above the ~20 s the 400 steps take, so a loaded machine still trains fully.
     let ws = Ws::with_config("budget_seconds = 300");
     let counter = ProgressCounter::default();
@@ -93,7 +93,7 @@ async fn baseline_run_scores_far_better_than_random_and_commit_gate_holds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
     slow_train_rs(&ws);
     let c = std::sync::Arc::new(ws.client().await);
@@ -144,7 +144,7 @@ fn insert_at_main_start(src: &str, code: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_outside() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -228,7 +228,7 @@ async fn wait_until_gone(ws: &Ws) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_the_request_or_sigint_stops_the_run_and_records_it() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::with_config("budget_seconds = 600\ngrace_seconds = 5");
     slow_train_rs(&ws);
 
@@ -267,7 +267,7 @@ async fn cancelling_the_request_or_sigint_stops_the_run_and_records_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn build_errors_and_crashes_come_back_with_fenced_output_and_no_server_secrets() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::new();
     let original = std::fs::read_to_string(ws.train_rs()).unwrap();
     // A compile error: the compiler's message comes back, the run is recorded as build_failed.
@@ -307,7 +307,7 @@ async fn build_errors_and_crashes_come_back_with_fenced_output_and_no_server_sec
 /// a train.rs was older than the last build (cargo decides by modification time).
 #[tokio::test(flavor = "multi_thread")]
 async fn each_workspace_runs_its_own_train_rs_even_with_a_shared_build_dir() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let (a, b) = (Ws::new(), Ws::new());
     for (ws, tag) in [(&a, "FROM-A"), (&b, "FROM-B")] {
         let src = std::fs::read_to_string(ws.train_rs()).unwrap();
@@ -327,7 +327,7 @@ async fn each_workspace_runs_its_own_train_rs_even_with_a_shared_build_dir() {
 /// update) must still be built and run with its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_workspace_runs_its_own_harness_from_the_shared_build_directory() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let (a, b) = (Ws::with_config("budget_seconds = 2"), Ws::with_config("budget_seconds = 2"));
     // B's harness has one more function, which B's train.rs calls; B's harness files are dated 2001,
     // older than any build, as an older workspace's would be.

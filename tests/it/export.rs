@@ -67,7 +67,7 @@ fn cache_dir(ws: &Ws) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn report_test_scores_the_baseline_and_kept_runs_on_the_test_split() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = baseline_and_kept_change().await;
 
     // r0002's trainer binary is gone: it is listed with the reason, the baseline is still scored.
@@ -166,7 +166,7 @@ fn embeddings(file: &Path) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn export_round_trips_through_the_trainers_loader() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = baseline_and_kept_change().await;
     report_test(&ws);
     let t = Instant::now();
@@ -280,7 +280,7 @@ fn count_rows(file: &Path) -> usize {
 /// says so, on the test split of the fixed split's cache (the folds never hold the test set).
 #[tokio::test(flavor = "multi_thread")]
 async fn report_test_scores_a_cross_validated_run_with_its_first_fold() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     // A short budget: this checks the protocol, not the model.
     let ws = Ws::with_config("budget_seconds = 10\nfolds = 3");
     let out = ws.cli(&["run", "-m", "baseline, 3-fold"]);

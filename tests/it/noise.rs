@@ -10,7 +10,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_repeats_give_a_noise_floor_and_a_seed_ignoring_train_rs_is_flagged() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     let ws = Ws::with_config("budget_seconds = 300");
     let c = ws.client().await;
 

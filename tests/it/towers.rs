@@ -13,7 +13,7 @@ fn set_model(ws: &Ws, line: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pretrained_text_tower_is_loaded_in_the_sandbox_and_a_missing_one_is_named() {
-    let _serial = EXPERIMENTS.lock().await;
+    let _slot = experiment_slot().await;
     // A few seconds of training: this checks the wiring, not the model (MiniLM is slow on a CPU).
     let ws = Ws::with_config("budget_seconds = 5");
     set_model(&ws, r#"image_tower = "no/such/vit.safetensors""#);
