@@ -36,15 +36,58 @@ elif [[ $# -gt 0 ]]; then
     exit 2
 fi
 
-say "Python environment"
-ENV=$(scripts/python-env.sh)
-TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-scripts/fetch-trainer-deps.sh
+# Set-up that waits on the network and the disk runs in the background while the CPU compiles: the
+# Python environment (~4.6 GB once) and then the trainer's build (it links that environment's
+# libtorch), and Debian's packages (the Docker engine, Chromium). Each writes a log under
+# target/test-logs/, printed if it fails.
+LOGS=target/test-logs
+mkdir -p "$LOGS"
+trainer_build() {
+    ENV=$(scripts/python-env.sh)
+    scripts/fetch-trainer-deps.sh
+    TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" \
+        cargo test --release --locked --no-run
+}
+system_packages() {
+    scripts/docker-engine.sh
+    if ! [[ -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+        echo "chromium missing: installing Debian's chromium (the report test renders report.html in it)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq chromium
+    fi
+}
+trainer_build >"$LOGS/trainer-build.log" 2>&1 &
+TRAINER_BUILD=$!
+system_packages >"$LOGS/system-packages.log" 2>&1 &
+SYSTEM_PACKAGES=$!
+# A failure in front lets them finish rather than cut an install short.
+trap 'wait' EXIT
+# Waits for a background step; on failure shows its log and stops the suite.
+finish() {
+    if ! wait "$2"; then
+        echo "FAILED: $1; its log ($LOGS/$1.log):" >&2
+        cat "$LOGS/$1.log" >&2
+        exit 1
+    fi
+    say "$1 done (log: $LOGS/$1.log)"
+}
 
-say "format and lints"
+say "format and lints (Python environment, trainer build and system packages in the background)"
 cargo fmt --check
 (cd trainer && cargo fmt --check)
 cargo clippy --locked --all-targets -- -D warnings
+
+say "building the server's tests, binary and benchmarks"
+cargo test --locked --no-run
+cargo build --locked
+cargo bench --locked --no-run
+
+say "waiting for the trainer build"
+finish trainer-build "$TRAINER_BUILD"
+ENV=$(scripts/python-env.sh)
+TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 
 say "trainer tests (libtorch, CPU)"
 (cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" cargo test --release --locked)
@@ -52,22 +95,13 @@ say "trainer tests (libtorch, CPU)"
 # it last built there, so that its next build recompiles the workspace's own (see Runner::build).
 rm -f trainer/target/.autoresearch-harness
 
-say "Docker engine and the offline sandbox test image (for the docker backend's tests)"
-scripts/docker-engine.sh
-
-say "Chromium (the report test renders report.html in it, headless)"
-if ! [[ -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
-    say "chromium missing: installing Debian's chromium"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq chromium >&2
-fi
+say "waiting for the Docker engine and Chromium"
+finish system-packages "$SYSTEM_PACKAGES"
 
 say "server tests (unit + integration through rmcp's client)"
-cargo test --locked
+cargo test --locked -- --test-threads=4
 
 say "Python tests: the MCP client; Claude Code itself (the pinned CLI, scripted model); the saturday supervisor"
-cargo build --locked
 AUTORESEARCH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/autoresearch-mcp" "$ENV/bin/python" -m pytest -q tests/python
 
 say "benchmark: cheap tool latency"

@@ -181,21 +181,13 @@ impl rmcp::ClientHandler for ProgressCounter {
 /// How many experiments the tests run at once: one per core, at most four. Each trainer runs on one
 /// libtorch thread (the tests profile) and builds take turns on the shared build directory's lock, so
 /// on the 2-core CI machine two experiments keep both cores busy without slowing each other much.
-fn experiment_slots() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u32
-}
-
-static EXPERIMENTS: std::sync::LazyLock<tokio::sync::Semaphore> =
-    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(experiment_slots() as usize));
+static EXPERIMENTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4))
+});
 
 /// A slot to run experiments in; held for the test's life.
 pub async fn experiment_slot() -> tokio::sync::SemaphorePermit<'static> {
     EXPERIMENTS.acquire().await.expect("the experiment semaphore is never closed")
-}
-
-/// Every slot: for a test that asserts how long an experiment takes, which a neighbour would skew.
-pub async fn whole_machine() -> tokio::sync::SemaphorePermit<'static> {
-    EXPERIMENTS.acquire_many(experiment_slots()).await.expect("the experiment semaphore is never closed")
 }
 
 /// The torch libraries of the project's Python environment (for running a trainer binary outside the sandbox).

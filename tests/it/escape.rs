@@ -22,7 +22,9 @@ struct Arena {
 impl Arena {
     /// `sandbox` goes into the [sandbox] table (the backend's own lines).
     fn workspace(sandbox: &str) -> Ws {
-        let ws = Ws::with_config("budget_seconds = 20\ngrace_seconds = 10\nembed_timeout_seconds = 60");
+        // A short budget: each attack runs before training, which then only has to leave a checkpoint
+        // for the embed phases (the sleeper is killed at budget + grace).
+        let ws = Ws::with_config("budget_seconds = 5\ngrace_seconds = 10\nembed_timeout_seconds = 60");
         let toml = ws.root.join("autoresearch.toml");
         let cfg = std::fs::read_to_string(&toml).unwrap();
         let table = format!("[sandbox]\nmemory_limit_gib = 2\npids_limit = 128\ndisk_quota_gib = 1\n{sandbox}");
@@ -285,7 +287,7 @@ async fn escape_suite(a: &Arena) {
     assert_eq!(status, "crashed", "{t}");
     assert!(t.contains("memory limit"), "{t}");
 
-    // --- sleeping past the budget (20 s + 10 s grace): killed, recorded as a timeout, not committable
+    // --- sleeping past the budget (5 s + 10 s grace): killed, recorded as a timeout, not committable
     let (t, status) = a
         .attack("if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::thread::sleep(std::time::Duration::from_secs(600)); }")
         .await;

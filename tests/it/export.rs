@@ -65,16 +65,21 @@ fn cache_dir(ws: &Ws) -> PathBuf {
     dirs[0].clone()
 }
 
+/// One workspace (two full runs) serves both Sunday commands, in the order a researcher runs them.
 #[tokio::test(flavor = "multi_thread")]
-async fn report_test_scores_the_baseline_and_kept_runs_on_the_test_split() {
+async fn report_test_then_export_on_a_baseline_and_a_kept_change() {
     let _slot = experiment_slot().await;
     let ws = baseline_and_kept_change().await;
+    report_test_scores_the_baseline_and_kept_runs_on_the_test_split(&ws);
+    export_round_trips_through_the_trainers_loader(&ws);
+}
 
+fn report_test_scores_the_baseline_and_kept_runs_on_the_test_split(ws: &Ws) {
     // r0002's trainer binary is gone: it is listed with the reason, the baseline is still scored.
     let bin = ws.state("runs/r0002/bin");
     std::fs::rename(&bin, ws.state("runs/r0002/bin.away")).unwrap();
-    let stdout = report_test(&ws);
-    let s = test_scores(&ws);
+    let stdout = report_test(ws);
+    let s = test_scores(ws);
     let base = row(&s, "r0001");
     assert_eq!(base["kind"], "baseline");
     let m = &base["metrics"];
@@ -90,15 +95,15 @@ async fn report_test_scores_the_baseline_and_kept_runs_on_the_test_split() {
 
     // The test split went out like validation: dealt into halves for the scoring, the pairing only in
     // the server's memory; neither is left on disk.
-    assert!(cache_dir(&ws).join("private/test_ready.json").is_file());
+    assert!(cache_dir(ws).join("private/test_ready.json").is_file());
     let left = files_under(&ws.state(""));
     assert!(!left.iter().any(|f| f.contains("pairing") || f.contains("/evaluation/")), "{left:?}");
 
     // With the binary back: r0002 is scored, r0001 is not redone (same checkpoint, same test split).
     std::fs::rename(ws.state("runs/r0002/bin.away"), &bin).unwrap();
     let before = base["scored_at"].clone();
-    let stdout = report_test(&ws);
-    let s = test_scores(&ws);
+    let stdout = report_test(ws);
+    let s = test_scores(ws);
     assert_eq!(row(&s, "r0001")["scored_at"], before, "the baseline's score was reused");
     let kept = &row(&s, "r0002")["metrics"];
     assert!(kept["mean_rank"].as_f64().unwrap() < 0.7 * random, "{kept}");
@@ -164,11 +169,8 @@ fn embeddings(file: &Path) -> Vec<f32> {
     t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn export_round_trips_through_the_trainers_loader() {
-    let _slot = experiment_slot().await;
-    let ws = baseline_and_kept_change().await;
-    report_test(&ws);
+fn export_round_trips_through_the_trainers_loader(ws: &Ws) {
+    report_test(ws);
     let t = Instant::now();
     let out = ws.cli(&["export"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -209,7 +211,7 @@ async fn export_round_trips_through_the_trainers_loader() {
     // The exported file through the trainer's own loader gives exactly the original checkpoint's
     // embeddings, and those of the run's sandboxed embed phase (in that run's own row order).
     let trainer = ws.state("runs/r0002/bin/train");
-    let val_images = cache_dir(&ws).join("prepared/val.safetensors");
+    let val_images = cache_dir(ws).join("prepared/val.safetensors");
     let tmp = tempfile::tempdir().unwrap();
     let exported = embed_images(&trainer, &best.join("model.safetensors"), &val_images, &tmp.path().join("a"));
     let original = embed_images(
@@ -222,7 +224,7 @@ async fn export_round_trips_through_the_trainers_loader() {
     assert_eq!(exported, original, "the exported model embeds exactly as the checkpoint");
     let in_run = embeddings(&ws.state("runs/r0002/embed-images/embeddings.safetensors"));
     assert_eq!(in_run.len(), exported.len());
-    let n = s_val_n(&ws);
+    let n = s_val_n(ws);
     let d = exported.len() / n;
     // Each row the run embedded is some validation image's row of the exported model.
     let closest = |row: &[f32]| {
