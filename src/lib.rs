@@ -13,6 +13,8 @@
 //!   reset between the embed phases).
 //! - [`prebuilt`]: `sandboxed-experiment` / `unsandboxed-experiment`, the experiment with prebuilt binaries
 //!   on the `local` or `none` backend (GPU machines without Rust).
+//! - [`scheduler`]: slots for runs (one per GPU) and the first-come queue in front of them; a slot
+//!   names the GPU its run's phases are limited to ([`sandbox::gpus`]).
 //! - [`child`]: an unsandboxed child process in its own process group, killed as a group (setup scripts).
 //! - [`pyenv`]: the project's Python environment (libtorch, the tokenizer), as `scripts/python-env.sh` names it.
 //! - [`toolchain`]: the Rust toolchain and the locked crates the sandboxed build may read.
@@ -67,6 +69,7 @@ pub mod report;
 pub mod run_limits;
 pub mod sandbox;
 pub mod scaffold;
+pub mod scheduler;
 pub mod score;
 pub mod server;
 pub mod service;
