@@ -59,7 +59,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", crate::status::render(&paths)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { description, seeds } => run_once(&paths, RunExperimentArgs { description, seeds }).await,
+        Command::Run { description, seeds } => {
+            run_once(&paths, RunExperimentArgs { description, seeds, seed_list: None }).await
+        }
         Command::Audit { action, tool, outcome, since, until } => {
             require_workspace(&paths)?;
             audit_cmd(&paths, action.unwrap_or(AuditAction::List), (tool, outcome, since, until))

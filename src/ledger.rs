@@ -144,6 +144,33 @@ impl PhaseTimes {
     }
 }
 
+/// One seed of a run: its mean rank (scored by the server) and how its training went (the steps and the
+/// budget cut as the trainer reported them, the loop time from its timeline within the server's clock).
+/// Several folds of one seed add up (steps, loop time) or average (mean rank).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SeedResult {
+    pub seed: u64,
+    /// The seed's mean rank; `None` when its training or scoring failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_rank: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// First step to the end of the last, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_s: Option<f64>,
+    /// Training stopped because the budget was spent, before train.rs's own schedule ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_cut: bool,
+}
+
+impl SeedResult {
+    /// This seed's steps over its own loop time.
+    pub fn steps_per_s(&self) -> Option<f64> {
+        let (steps, secs) = (self.steps?, self.loop_s?);
+        (secs > 0.0).then(|| steps as f64 / secs)
+    }
+}
+
 /// What the trainer said about itself: shown as reported, never trusted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Reported {
@@ -151,6 +178,9 @@ pub struct Reported {
     pub final_loss: Option<f64>,
     pub peak_memory_bytes: Option<u64>,
     pub device: Option<String>,
+    /// The trainer stopped at the budget before its own schedule ended (the harness saw the time up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_cut: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,7 +192,12 @@ pub enum Event {
         train_hash: String,
         description: String,
         fingerprint: Fingerprint,
+        /// The first seed (and the only one of a single-seed run).
         seed: u64,
+        /// Every seed the run trains, in order, when it names more than one (older rows: `seed`,
+        /// `seed + 1`, ... as many as its metrics have seeds).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        seeds: Vec<u64>,
         /// Same train.rs and fingerprint as an earlier run: allowed, but flagged.
         repeat_of: Option<String>,
         audit: Head,
@@ -178,6 +213,9 @@ pub enum Event {
         /// Training ran past its budget (killed or not): never committable.
         overran: bool,
         message: Option<String>,
+        /// Each seed trained, in order (absent in older rows).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        per_seed: Vec<SeedResult>,
         audit: Head,
     },
     Kept {
@@ -229,8 +267,17 @@ pub struct Run {
     #[serde(default)]
     pub kept_reason: Option<String>,
     pub commit: Option<String>,
+    /// When it was last kept: the newest kept run is the head of the experiment branch.
+    #[serde(default)]
+    pub kept_at: Option<DateTime<Utc>>,
     pub repeat_of: Option<String>,
     pub seed: u64,
+    /// The seeds it trains when it names more than one (see [`Run::seeds`]).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    /// Each seed trained (absent in older rows; see [`Run::seed_ranks`]).
+    #[serde(default)]
+    pub per_seed: Vec<SeedResult>,
     pub message: Option<String>,
     pub fingerprint: Fingerprint,
 }
@@ -238,6 +285,42 @@ pub struct Run {
 impl Run {
     pub fn mean_rank(&self) -> Option<f64> {
         self.metrics.as_ref().map(|m| m.mean_rank)
+    }
+
+    /// The seeds this run trains: as recorded, else `seed`, `seed + 1`, ... one per seed sample.
+    pub fn seeds(&self) -> Vec<u64> {
+        if !self.seeds.is_empty() {
+            return self.seeds.clone();
+        }
+        let n = self.metrics.as_ref().map_or(1, |m| m.samples().len());
+        (0..n as u64).map(|i| self.seed.wrapping_add(i)).collect()
+    }
+
+    /// Each seed's mean rank, paired with its seed: the evidence paired comparisons are made of.
+    pub fn seed_ranks(&self) -> Vec<(u64, f64)> {
+        let Some(m) = &self.metrics else { return vec![] };
+        self.seeds().into_iter().zip(m.samples()).collect()
+    }
+
+    /// Training throughput: each seed's steps over that seed's loop time, averaged over seeds (seeds
+    /// run one after another, so the run's total time would understate it). Older rows: the reported
+    /// steps over the loop time.
+    pub fn steps_per_s(&self) -> Option<f64> {
+        let per_seed: Vec<f64> = self.per_seed.iter().filter_map(SeedResult::steps_per_s).collect();
+        if !per_seed.is_empty() {
+            return Some(per_seed.iter().sum::<f64>() / per_seed.len() as f64);
+        }
+        let secs = self.phases.train_loop.filter(|s| *s > 0.0)?;
+        Some(self.reported.steps? as f64 / secs)
+    }
+
+    /// The seeds whose training the budget cut short.
+    pub fn budget_cut_seeds(&self) -> Vec<u64> {
+        let mut cut: Vec<u64> = self.per_seed.iter().filter(|s| s.budget_cut).map(|s| s.seed).collect();
+        if cut.is_empty() && self.per_seed.is_empty() && self.reported.budget_cut {
+            cut.push(self.seed);
+        }
+        cut
     }
 }
 
@@ -360,7 +443,7 @@ impl Ledger {
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for ev in &self.events {
             match ev {
-                Event::Started { run_id, at, train_hash, description, fingerprint, seed, repeat_of, .. } => {
+                Event::Started { run_id, at, train_hash, description, fingerprint, seed, seeds, repeat_of, .. } => {
                     index.insert(run_id.clone(), runs.len());
                     runs.push(Run {
                         id: run_id.clone(),
@@ -376,13 +459,16 @@ impl Ledger {
                         kept: false,
                         kept_reason: None,
                         commit: None,
+                        kept_at: None,
                         repeat_of: repeat_of.clone(),
                         seed: *seed,
+                        seeds: seeds.clone(),
+                        per_seed: vec![],
                         message: None,
                         fingerprint: fingerprint.clone(),
                     });
                 }
-                Event::Finished { run_id, status, metrics, reported, phases, overran, message, .. } => {
+                Event::Finished { run_id, status, metrics, reported, phases, overran, message, per_seed, .. } => {
                     if let Some(&i) = index.get(run_id) {
                         let r = &mut runs[i];
                         r.status = *status;
@@ -391,11 +477,13 @@ impl Ledger {
                         r.phases = (**phases).clone();
                         r.overran = *overran;
                         r.message = message.clone();
+                        r.per_seed = per_seed.clone();
                     }
                 }
-                Event::Kept { run_id, commit, reason, .. } => {
+                Event::Kept { run_id, commit, reason, at, .. } => {
                     if let Some(&i) = index.get(run_id) {
                         runs[i].kept = true;
+                        runs[i].kept_at = Some(*at);
                         runs[i].kept_reason = reason.clone();
                         runs[i].commit = Some(commit.clone());
                     }
@@ -441,6 +529,7 @@ mod tests {
                 towers: String::new(),
             },
             seed: 1,
+            seeds: vec![],
             repeat_of: None,
             audit: Head { hash: crate::audit::GENESIS.into(), lines: 0 },
         }
@@ -456,6 +545,7 @@ mod tests {
             phases: Box::default(),
             overran: false,
             message: None,
+            per_seed: vec![],
             audit: Head { hash: crate::audit::GENESIS.into(), lines: 0 },
         }
     }

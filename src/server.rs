@@ -58,8 +58,8 @@ impl AutoresearchServer {
 
     /// Build train.rs and run one experiment in the sandbox (no network, time budget enforced):
     /// train on the training split, embed the validation set, score it in the server. Returns the
-    /// metrics (mean rank: lower is better), the delta against the best kept result, and the log
-    /// tail on failure. Takes minutes; progress is reported. One run at a time.
+    /// metrics (mean rank: lower is better) per seed, the paired comparison with the kept state on
+    /// shared seeds, and the log tail on failure. `seed_list` names the seeds (e.g. the kept run's). Takes minutes; progress is reported. One run at a time.
     #[tool(annotations(destructive_hint = false, open_world_hint = false))]
     async fn run_experiment(
         &self,
@@ -75,18 +75,14 @@ impl AutoresearchServer {
             t.abort();
         }
         // Claude Code (2.1.330) hands the model a result's structuredContent in place of its text when
-        // both are present: the report (delta, next step, a failure's fenced log tail) goes in it too.
-        let report = reply.text.clone();
-        let mut res = to_result(reply);
-        if let Some(serde_json::Value::Object(row)) = res.structured_content.as_mut() {
-            row.insert("report".into(), report.into());
-        }
-        res
+        // both are present: the row carries the comparison line, the next step, the warnings and a
+        // failure's message (fenced log tail) as fields, not a copy of the text.
+        to_result(reply)
     }
 
-    /// The results ledger: every run (id, train.rs hash, status, metrics, duration, description),
-    /// the best kept run, the baseline and the noise floor when known. Filter with `last`, `status`,
-    /// `kept_only`.
+    /// The results ledger, small: the baseline, the current kept state (what deltas are against), the
+    /// noise floor, the last runs one line each (per-seed values, delta vs kept, flags), the run in
+    /// flight. Filter with `last`, `status`, `kept_only`; full rows with `full` (10 a `page`).
     #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = schema_for_output::<MetricsView>())]
     async fn read_metrics(&self, Parameters(args): Parameters<ReadMetricsArgs>) -> CallToolResult {
         to_result(self.svc.read_metrics(args, "mcp"))
@@ -94,7 +90,7 @@ impl AutoresearchServer {
 
     /// Keep the current train.rs: commit it on the experiment branch with the metric and delta of its
     /// best successful run. Refused if this exact train.rs has no successful run, or nothing changed,
-    /// or (without a `reason`) if that run does not beat the best kept result.
+    /// or (without a `reason`) if that run does not beat the kept state (paired on shared seeds).
     #[tool(annotations(destructive_hint = false, open_world_hint = false))]
     async fn commit(&self, Parameters(args): Parameters<CommitArgs>) -> CallToolResult {
         to_result(self.svc.commit(args, "mcp"))

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::data::{self, Prepared};
 use crate::dataset::Layout;
 use crate::fsutil::sha256_hex;
-use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus};
+use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus, SeedResult};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::sandbox::cgroup::Limits;
@@ -51,6 +51,8 @@ pub struct Outcome {
     pub overran: bool,
     /// What the agent should read: the cause and what to do, with any program output fenced.
     pub message: Option<String>,
+    /// Each seed trained, in order (a seed that failed has no mean rank).
+    pub per_seed: Vec<crate::ledger::SeedResult>,
 }
 
 impl Outcome {
@@ -63,6 +65,7 @@ impl Outcome {
             phases: PhaseTimes::default(),
             overran: false,
             message: Some("the server stopped during this run".into()),
+            per_seed: vec![],
         }
     }
 
@@ -79,6 +82,7 @@ impl Outcome {
             phases: Box::new(self.phases.clone()),
             overran: self.overran,
             message: self.message.as_ref().map(first_line),
+            per_seed: self.per_seed.clone(),
             audit,
         }
     }
@@ -462,6 +466,7 @@ impl Runner {
     ) -> Outcome {
         let start = Instant::now();
         let (mut phases, mut reported, mut overran) = (PhaseTimes::default(), Reported::default(), false);
+        let mut evidence: Vec<SeedResult> = vec![];
         let end: Result<Result<Metrics, Stop>> = async {
             let _ = phase.send("building the trainer".into());
             let (build_secs, built) = self.build_trainer(run_dir, cancel).await?;
@@ -473,11 +478,13 @@ impl Runner {
             let mut per_seed = vec![];
             for (si, &seed) in seeds.iter().enumerate() {
                 let mut per_fold = vec![];
+                evidence.push(SeedResult { seed, ..Default::default() });
                 for (fi, fold) in data.iter().enumerate() {
                     let (dir, label) = trial_dir(run_dir, (si, seed, seeds.len()), (fi, data.len()));
                     std::fs::create_dir_all(&dir)?;
                     let trial = self.trial(&dir, &trainer, fold, seed, &label, cancel, phase).await?;
                     add_times(&mut phases, &trial.phases);
+                    add_trial(evidence.last_mut().expect("pushed above"), &trial);
                     reported = trial.reported;
                     overran |= trial.overran;
                     match trial.result {
@@ -485,7 +492,9 @@ impl Runner {
                         Err(stop) => return Ok(Err(stop)),
                     }
                 }
-                per_seed.push(Metrics::over_folds(&per_fold));
+                let m = Metrics::over_folds(&per_fold);
+                evidence.last_mut().expect("pushed above").mean_rank = Some(m.mean_rank);
+                per_seed.push(m);
             }
             Ok(Ok(Metrics::over_seeds(&per_seed)))
         }
@@ -500,7 +509,8 @@ impl Runner {
             }
         };
         phases.total = start.elapsed().as_secs_f64();
-        Outcome { status, metrics, reported, phases, overran, message }
+        reported.budget_cut = evidence.iter().any(|s| s.budget_cut);
+        Outcome { status, metrics, reported, phases, overran, message, per_seed: evidence }
     }
 
     /// The `train` binary the trials run: built in the sandbox (its wall time), or the prebuilt one.
@@ -644,6 +654,17 @@ fn trial_dir(run_dir: &Path, (si, seed, seeds): (usize, u64, usize), (fi, folds)
 /// budget + grace (`[experiment] grace_seconds`). A run that overran is never compared or committed.
 pub fn overran(train: &JobOutcome, budget_seconds: u64, grace_seconds: u64) -> bool {
     train.end == JobEnd::TimedOut || train.wall.as_secs_f64() > (budget_seconds + grace_seconds) as f64
+}
+
+/// Adds a trial's steps, loop time and budget cut to its seed's (folds of one seed add up).
+fn add_trial(seed: &mut SeedResult, trial: &Trial) {
+    if let Some(n) = trial.reported.steps {
+        seed.steps = Some(seed.steps.unwrap_or(0) + n);
+    }
+    if let Some(l) = trial.phases.train_loop {
+        seed.loop_s = Some(seed.loop_s.unwrap_or(0.0) + l);
+    }
+    seed.budget_cut |= trial.reported.budget_cut;
 }
 
 /// Adds a trial's phase times to the run's (folds and seeds add up).

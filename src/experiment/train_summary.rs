@@ -73,6 +73,7 @@ pub(crate) fn reported(v: &serde_json::Value) -> Reported {
             .get("device")
             .and_then(|x| x.as_str())
             .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ':').take(16).collect()),
+        budget_cut: v.get("budget_cut").and_then(|x| x.as_bool()).unwrap_or(false),
     }
 }
 
@@ -103,7 +104,9 @@ mod tests {
         let summary = read_train_summary(dir.path()).unwrap();
         let s = TrainSplit::from_summary(&summary, t0, 5.0).unwrap();
         assert_eq!((s.startup, s.data_load, s.r#loop, s.exit), (1.25, Some(0.5), 3.0, 0.75));
-        assert_eq!(reported(&summary).steps, Some(3));
+        assert_eq!((reported(&summary).steps, reported(&summary).budget_cut), (Some(3), false));
+        std::fs::write(&path, r#"{"steps": 3, "budget_cut": true}"#).unwrap();
+        assert!(reported(&read_train_summary(dir.path()).unwrap()).budget_cut);
         std::fs::write(&path, r#"{"steps": 3}"#).unwrap();
         let summary = read_train_summary(dir.path()).unwrap();
         assert_eq!(TrainSplit::from_summary(&summary, t0, 5.0), None, "an older trainer without a timeline");

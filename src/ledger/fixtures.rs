@@ -33,8 +33,11 @@ pub fn run(n: usize, train_hash: &str, metrics: Option<Metrics>, kept: bool, fin
         kept,
         kept_reason: None,
         commit: None,
+        kept_at: kept.then(|| chrono::DateTime::from_timestamp(n as i64, 0).expect("a valid time")),
         repeat_of: None,
         seed: 42,
+        seeds: vec![],
+        per_seed: vec![],
         message: None,
         fingerprint,
     }

@@ -1,44 +1,49 @@
-//! Noise-aware comparisons: a run repeated over seeds is a mean ± sd over n samples; the baseline's
-//! seed-to-seed spread is the noise floor of its fingerprint; an "improvement" smaller than twice that
-//! floor is flagged as noise, and a train.rs whose repeats are identical is flagged as ignoring its seed.
+//! Noise: a run repeated over seeds is a mean ± sd over n samples; the baseline's seed-to-seed spread
+//! is the noise floor of its fingerprint, the lower bound of the noise a difference is judged against
+//! (the comparison itself, paired and per configuration, is [`crate::ledger::standings`]); a train.rs
+//! whose repeats are identical is flagged as ignoring its seed.
 
 use serde::{Deserialize, Serialize};
 
 use super::Run;
 use crate::score::Metrics;
 
-/// How many noise floors an improvement must exceed to count as one (about 95% for normal noise).
+/// How many seed sds (the floor, or a configuration's spread) an unpaired improvement must exceed to
+/// count as one (about 95% for normal noise).
 pub const FLOORS: f64 = 2.0;
 
-/// What a comparison found worth saying.
+/// What a comparison with the kept state found worth saying ([`crate::ledger::standings::Comparison`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Flag {
-    /// Better than the best kept result, but by less than FLOORS noise floors.
-    WithinNoiseFloor,
+    /// Better than the kept state by more than the noise it was judged against.
+    ClearImprovement,
+    /// Better than the kept state, but within the noise (paired differences, either side's seed
+    /// spread, or the baseline's floor, whichever is largest).
+    WithinNoise,
     /// Repeats over different seeds gave identical results: train.rs ignores AR_SEED.
     SeedIgnored,
-    /// Better than the best kept result, but the noise floor is not measured yet.
+    /// Better than the kept state, but no spread is measured on either side nor for the baseline.
     NoiseFloorUnknown,
+    /// One seed against a kept state measured on several: a screening result.
+    SingleSeed,
+    /// The kept state rests on one seed while this result has several.
+    KeptSingleSeed,
+    /// No seed in common with the kept state: mean against mean.
+    Unpaired,
 }
 
 impl Flag {
-    /// One sentence for the agent; `delta` and `floor` as the agent sees them
-    /// ([`agent_delta`](crate::score::agent_delta), [`round_rank`](crate::score::round_rank)).
-    pub fn explain(self, delta: Option<f64>, floor: Option<f64>) -> String {
+    /// The flags that need no comparison to explain, in one sentence.
+    pub fn explain(self) -> String {
         match self {
-            Flag::WithinNoiseFloor => format!(
-                "the improvement ({:+.2}) is inside the noise floor ({FLOORS} x sd {:.2} of the baseline across seeds): \
-                 repeat it with `seeds` before keeping it",
-                delta.unwrap_or(0.0),
-                floor.unwrap_or(0.0)
-            ),
             Flag::SeedIgnored => "repeats over different seeds gave identical results: train.rs ignores the seed \
                  (ctx.seed / AR_SEED), so repeats cannot measure noise"
                 .into(),
-            Flag::NoiseFloorUnknown => "the noise floor is not measured yet: run the unmodified baseline with \
-                 `seeds: 3` to learn how much the metric moves by chance"
+            Flag::NoiseFloorUnknown => "no noise is measured yet: run the unmodified baseline with `seeds: 3` to \
+                 learn how much the metric moves by chance"
                 .into(),
+            other => serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         }
     }
 }
@@ -59,32 +64,12 @@ pub fn sd(x: &[f64]) -> Option<f64> {
 pub fn noise_floor(runs: &[&Run], baseline_hash: &str) -> Option<(f64, usize)> {
     let mut by_seed: std::collections::BTreeMap<u64, f64> = Default::default();
     for r in runs.iter().filter(|r| r.train_hash == baseline_hash) {
-        let Some(m) = &r.metrics else { continue };
-        for (i, rank) in m.samples().into_iter().enumerate() {
-            by_seed.entry(r.seed.wrapping_add(i as u64)).or_insert(rank);
+        for (seed, rank) in r.seed_ranks() {
+            by_seed.entry(seed).or_insert(rank);
         }
     }
     let samples: Vec<f64> = by_seed.into_values().collect();
     sd(&samples).filter(|s| *s > 0.0).map(|s| (s, samples.len()))
-}
-
-/// The flags of `m` against the best kept mean rank and the noise floor.
-pub fn flags(m: &Metrics, best_kept: Option<f64>, floor: Option<f64>) -> Vec<Flag> {
-    let mut f = vec![];
-    if m.seed_ignored() {
-        f.push(Flag::SeedIgnored);
-    }
-    if let Some(best) = best_kept {
-        let delta = m.mean_rank - best;
-        if delta < 0.0 {
-            match floor {
-                Some(fl) if -delta < FLOORS * fl => f.push(Flag::WithinNoiseFloor),
-                Some(_) => {}
-                None => f.push(Flag::NoiseFloorUnknown),
-            }
-        }
-    }
-    f
 }
 
 /// `12.34 ± 0.56 (n=3)`, or `12.34` for one sample. For the agent, give it [`Metrics::for_agent`]:
@@ -131,21 +116,7 @@ mod tests {
         assert_eq!(m.seeds, vec![10.0, 12.0, 14.0]);
         assert_eq!(mean_pm(&m), "12.00 ± 2.00 (n=3)");
         assert_eq!(mean_pm(&metrics(7.0, &[])), "7.00");
-    }
-
-    #[test]
-    fn small_improvements_are_noise_and_identical_repeats_ignore_the_seed() {
-        let floor = Some(1.5);
-        // 2.5 better than best kept 20: inside 2 x 1.5.
-        assert_eq!(flags(&metrics(17.5, &[]), Some(20.0), floor), vec![Flag::WithinNoiseFloor]);
-        // 4 better: a real improvement.
-        assert!(flags(&metrics(16.0, &[]), Some(20.0), floor).is_empty());
-        // Worse is not flagged; better with no floor asks for one.
-        assert!(flags(&metrics(21.0, &[]), Some(20.0), floor).is_empty());
-        assert_eq!(flags(&metrics(19.0, &[]), Some(20.0), None), vec![Flag::NoiseFloorUnknown]);
-        let same = metrics(0.0, &[18.0, 18.0, 18.0]);
-        assert!(same.seed_ignored());
-        assert_eq!(flags(&same, None, floor), vec![Flag::SeedIgnored]);
+        assert!(metrics(0.0, &[18.0, 18.0, 18.0]).seed_ignored());
         assert!(!metrics(0.0, &[18.0, 18.5]).seed_ignored());
     }
 }

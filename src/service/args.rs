@@ -53,11 +53,16 @@ pub struct RunExperimentArgs {
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_SEEDS))]
     pub seeds: Option<u32>,
+    /// Train on exactly these seeds instead (1-5 distinct values), e.g. the kept run's missing seeds
+    /// to compare seed by seed: re-run the kept train.rs on the seeds a candidate has and it lacks.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = MAX_SEEDS))]
+    pub seed_list: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ReadMetricsArgs {
-    /// Only the last N runs (default: all).
+    /// List the last N runs, one line each (default 5).
     #[serde(default)]
     pub last: Option<usize>,
     /// Only runs with this status (ok, build_failed, crashed, timeout, invalid_output, cancelled, abandoned).
@@ -66,6 +71,12 @@ pub struct ReadMetricsArgs {
     /// Only runs that were kept (committed).
     #[serde(default)]
     pub kept_only: Option<bool>,
+    /// Also the full rows (every metric, phase times, the comparison line), 10 runs a page.
+    #[serde(default)]
+    pub full: Option<bool>,
+    /// With `full`: which page, 1 being the newest runs (default 1).
+    #[serde(default)]
+    pub page: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -106,5 +117,7 @@ mod tests {
             (Some(1), Some(MAX_SEEDS as u64)),
             "{seeds}"
         );
+        let list = &schema["properties"]["seed_list"];
+        assert_eq!((list["minItems"].as_u64(), list["maxItems"].as_u64()), (Some(1), Some(MAX_SEEDS as u64)), "{list}");
     }
 }

@@ -15,7 +15,7 @@ use crate::edit;
 use crate::experiment::{Outcome, Runner, Toolchain, Trainer};
 use crate::fsutil::{free_bytes, one_line, sha256_hex, write_atomic};
 use crate::ledger::noise;
-use crate::ledger::{Event, Fingerprint, RunStatus, Standings};
+use crate::ledger::{Event, Fingerprint, Run, RunStatus, Standings};
 use crate::pyenv::PyEnv;
 use crate::score::{Metrics, round_rank};
 
@@ -66,10 +66,10 @@ impl Service {
             Ok(d) => d,
             Err(e) => return Reply::refused(format!("refused: {e}")),
         };
-        let n_seeds = args.seeds.unwrap_or(1);
-        if !(1..=MAX_SEEDS).contains(&n_seeds) {
-            return Reply::refused(format!("refused: seeds = {n_seeds}: use 1 to {MAX_SEEDS}"));
-        }
+        let seeds = match seeds_to_train(args, self.config.experiment.seed) {
+            Ok(s) => s,
+            Err(why) => return Reply::refused(format!("refused: {why}")),
+        };
         let runs = self.ledger.lock().unwrap().runs().len();
         if let Some(why) = self.limits.refusal(runs, Utc::now()) {
             return Reply::refused(why);
@@ -98,7 +98,7 @@ impl Service {
                 tokio::select! { _ = rc.cancelled() => c.cancel(), _ = sd.cancelled() => c.cancel(), _ = c.cancelled() => {} }
             })
         };
-        let mut reply = self.run_claimed(&run_id, &description, n_seeds, &cancel, phase).await;
+        let mut reply = self.run_claimed(&run_id, &description, &seeds, &cancel, phase).await;
         watcher.abort();
         reply.run_id = Some(run_id);
         reply
@@ -108,7 +108,7 @@ impl Service {
         &self,
         run_id: &str,
         description: &str,
-        n_seeds: u32,
+        seeds: &[u64],
         cancel: &CancellationToken,
         phase: &watch::Sender<String>,
     ) -> Reply {
@@ -118,7 +118,7 @@ impl Service {
             Err(reply) => return reply,
         };
         let (outcome, repeat_of) =
-            match self.execute(run_id, description, n_seeds, setup_started, &setup, cancel, phase).await {
+            match self.execute(run_id, description, seeds, setup_started, &setup, cancel, phase).await {
                 Ok(done) => done,
                 Err(reply) => return reply,
             };
@@ -127,18 +127,26 @@ impl Service {
         let runs = ledger.runs();
         drop(ledger);
         let standings = Standings::of(&runs, &fingerprint, &self.state.baseline_train_hash);
-        let mut text = summarize_run(run_id, &outcome, &standings, &fingerprint);
+        let Some(run) = runs.iter().find(|r| r.id == run_id) else {
+            return Reply::error(format!("run {run_id} is missing from the ledger after it finished"));
+        };
+        let report = summarize_run(run, &outcome, &standings, &fingerprint);
+        let mut text = report.text();
         if let Some(r) = &repeat_of {
             text.push_str(&format!(
                 "\nnote: train.rs is identical to run {r} (same fingerprint): this is a repeat, not a new experiment.\n"
             ));
         }
         let mut reply = if outcome.status == RunStatus::Ok { Reply::ok(text) } else { Reply::error(text) };
-        // The same comparison as the text: one reference, one delta, the same flags.
-        reply.structured = runs
-            .iter()
-            .find(|r| r.id == run_id)
-            .map(|r| json!(view::row(r, r.metrics.as_ref().map(|m| standings.compare(run_id, m)))));
+        // The same comparison as the text, as data: the row, what to do next, the warnings and a failure's
+        // message (some clients hand the model the structured content in place of the text).
+        let mut row = json!(view::row(run, run.metrics.as_ref().map(|_| standings.compare(run))));
+        if let Some(o) = row.as_object_mut() {
+            o.insert("next".into(), json!(report.next));
+            o.insert("warnings".into(), json!(report.warnings));
+            o.insert("message".into(), json!(outcome.message));
+        }
+        reply.structured = Some(row);
         reply
     }
 
@@ -220,7 +228,7 @@ impl Service {
         &self,
         run_id: &str,
         description: &str,
-        n_seeds: u32,
+        seeds: &[u64],
         setup_started: Instant,
         setup: &Setup,
         cancel: &CancellationToken,
@@ -236,23 +244,22 @@ impl Service {
             .rev()
             .find(|r| &r.train_hash == train_hash && &r.fingerprint == fingerprint && r.status == RunStatus::Ok)
             .map(|r| r.id.clone());
-        let seed = self.config.experiment.seed;
         let started = Event::Started {
             run_id: run_id.into(),
             at: Utc::now(),
             train_hash: train_hash.clone(),
             description: description.into(),
             fingerprint: fingerprint.clone(),
-            seed,
+            seed: seeds[0],
+            seeds: if seeds.len() > 1 { seeds.to_vec() } else { vec![] },
             repeat_of: repeat_of.clone(),
             audit: self.audit.head(),
         };
         if let Err(e) = self.ledger.lock().unwrap().append(started) {
             return Err(Reply::error(format!("cannot write the ledger: {e:#}")));
         }
-        let seeds: Vec<u64> = (0..n_seeds as u64).map(|i| seed.wrapping_add(i)).collect();
         let setup_secs = setup_started.elapsed().as_secs_f64();
-        let mut outcome = setup.runner.experiment(&setup.run_dir, &setup.data, &seeds, cancel, phase).await;
+        let mut outcome = setup.runner.experiment(&setup.run_dir, &setup.data, seeds, cancel, phase).await;
         outcome.phases.setup = Some(setup_secs);
         if let Some(m) = &outcome.metrics {
             let _ = write_atomic(
@@ -276,11 +283,54 @@ struct Setup {
     run_dir: std::path::PathBuf,
 }
 
-/// The reply's text: the result, its comparison with the best kept result (`standings`), what the
-/// server measured, and what to do next.
-fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Standings, fp: &Fingerprint) -> String {
+/// The seeds a run trains: `seed_list` as given, else `seeds` (default 1) consecutive ones from the
+/// configured seed. A refusal says what is allowed.
+fn seeds_to_train(args: &RunExperimentArgs, first: u64) -> Result<Vec<u64>, String> {
+    match (&args.seed_list, args.seeds) {
+        (Some(list), n) => {
+            let mut distinct = list.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if list.is_empty() || list.len() > MAX_SEEDS as usize || distinct.len() != list.len() {
+                return Err(format!("seed_list = {list:?}: give 1 to {MAX_SEEDS} distinct seeds"));
+            }
+            if n.is_some_and(|n| n as usize != list.len()) {
+                return Err(format!("seeds = {} but seed_list has {}: give one of them", n.unwrap_or(0), list.len()));
+            }
+            Ok(list.clone())
+        }
+        (None, n) => {
+            let n = n.unwrap_or(1);
+            if !(1..=MAX_SEEDS).contains(&n) {
+                return Err(format!("seeds = {n}: use 1 to {MAX_SEEDS}"));
+            }
+            Ok((0..n as u64).map(|i| first.wrapping_add(i)).collect())
+        }
+    }
+}
+
+/// A run's reply: the report, and apart, what to do next and the warnings (both also in the text).
+struct RunReport {
+    body: String,
+    next: Option<String>,
+    warnings: Vec<String>,
+}
+
+impl RunReport {
+    fn text(&self) -> String {
+        let mut t = self.body.clone();
+        t.extend(self.next.iter().map(|n| format!("{n}\n")));
+        t.extend(self.warnings.iter().map(|w| format!("warning: {w}\n")));
+        t
+    }
+}
+
+/// The reply to run `run`: the result per seed, its paired comparison with the kept state
+/// (`standings`), what the server measured, and what to do next.
+fn summarize_run(run: &Run, o: &crate::experiment::Outcome, standings: &Standings, fp: &Fingerprint) -> RunReport {
     let mut t = String::new();
-    let comparison = o.metrics.as_ref().map(|m| standings.compare(run_id, m));
+    let run_id = &run.id;
+    let comparison = run.metrics.as_ref().map(|_| standings.compare(run));
     let status = o.status.to_string();
     match o.metrics.as_ref().map(Metrics::for_agent) {
         Some(m) => {
@@ -299,15 +349,18 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Stand
                     noise::sd(&m.folds).unwrap_or(0.0)
                 ));
             }
-            let compared = comparison.as_ref().and_then(|c| Some((c.reference?, c.delta_for_agent()?)));
-            match compared {
-                Some((r, delta)) => t.push_str(&format!(
-                    ", delta {delta:+.2} vs {} {} ({:.2}); lower is better\n",
-                    if r.kept { "best kept" } else { "baseline" },
-                    r.id,
-                    r.mean_rank().map(round_rank).unwrap_or_default()
+            t.push('\n');
+            let seeds: Vec<String> =
+                run.seed_ranks().iter().map(|(s, r)| format!("{s}: {:.2}", round_rank(*r))).collect();
+            t.push_str(&format!("per seed: {}\n", seeds.join(", ")));
+            match comparison.as_ref().map(|c| c.line()).filter(|l| !l.is_empty()) {
+                Some(line) => t.push_str(&format!("{line} (lower is better)\n")),
+                None if standings.is_kept_configuration(run) => t.push_str(&format!(
+                    "this is the kept configuration: its evidence is now {} (mean {:.2})\n",
+                    standings.seeds_label(run),
+                    standings.evidence(&run.train_hash).mean().map(round_rank).unwrap_or_default()
                 )),
-                None => t.push_str(", no earlier comparable run\n"),
+                None => t.push_str("no earlier comparable run\n"),
             }
             t.push_str(&format!(
                 "median rank {:.1}; image->text R@1/5/10 {:.1}/{:.1}/{:.1}%; text->image R@1/5/10 {:.1}/{:.1}/{:.1}%\n",
@@ -319,7 +372,7 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Stand
     let r = &o.reported;
     if r.steps.is_some() || r.final_loss.is_some() {
         t.push_str(&format!(
-            "reported by train.rs (unverified): steps {}, final loss {}, peak memory {}\n",
+            "reported by train.rs (unverified, last seed): steps {}, final loss {}, peak memory {}\n",
             r.steps.map(|s| s.to_string()).unwrap_or("?".into()),
             r.final_loss.map(|l| format!("{l:.4}")).unwrap_or("?".into()),
             r.peak_memory_bytes.map(|b| format!("{:.2} GB", b as f64 / 1e9)).unwrap_or("?".into()),
@@ -338,11 +391,24 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Stand
             f(p.setup), f(p.build), f(p.train_startup), f(p.sandbox_start), f(p.data_load), f(p.train_exit)
         ));
     }
-    // Throughput from the reported step count over the server's own clock (process start to exit).
-    if let (Some(steps), Some(secs)) = (o.reported.steps, p.train)
-        && secs > 0.0
-    {
-        t.push_str(&format!("throughput: {:.2} steps/s over the train phase\n", steps as f64 / secs));
+    // Throughput per seed: each seed's reported steps over its own loop time (the server's clock).
+    if let Some(sps) = run.steps_per_s() {
+        let each: Vec<String> = run
+            .per_seed
+            .iter()
+            .filter_map(|s| Some(format!("{}: {} steps in {:.1}s", s.seed, s.steps?, s.loop_s?)))
+            .collect();
+        let each = if each.len() > 1 { format!(" ({})", each.join(", ")) } else { String::new() };
+        t.push_str(&format!("throughput: {sps:.2} steps/s per seed over the training loop{each}\n"));
+    }
+    let cut = run.budget_cut_seeds();
+    if !cut.is_empty() {
+        let seeds: Vec<String> = cut.iter().map(u64::to_string).collect();
+        t.push_str(&format!(
+            "BUDGET CUT on seed {}: training stopped at the budget before train.rs's schedule (MAX_STEPS) ended; \
+             fewer steps or a shorter schedule would finish it\n",
+            seeds.join(", ")
+        ));
     }
     if o.overran {
         t.push_str("OVERRAN: training took longer than its budget; this run cannot be committed.\n");
@@ -351,20 +417,21 @@ fn summarize_run(run_id: &str, o: &crate::experiment::Outcome, standings: &Stand
         t.push_str(msg);
         t.push('\n');
     }
-    if let Some(c) = comparison.as_ref().filter(|_| o.status == RunStatus::Ok && !o.overran) {
-        t.push_str(&match c.reference {
-            None => "Next: commit to keep it (nothing to compare with yet), or revert.\n".to_string(),
-            Some(_) if c.beats() => "Next: commit if this beats the best kept result, otherwise revert.\n".into(),
-            Some(r) => format!(
-                "Next: revert: this does not beat the best kept result {}; commit it only with a `reason` to keep it anyway.\n",
-                r.id
-            ),
-        });
-    }
-    for w in comparison.iter().flat_map(|c| c.warnings()) {
-        t.push_str(&format!("warning: {w}\n"));
-    }
-    t
+    let next = comparison.as_ref().filter(|_| o.status == RunStatus::Ok && !o.overran).map(|c| match c.reference {
+        None if standings.is_kept_configuration(run) => {
+            "Next: this train.rs is already kept; edit it for the next experiment.".to_string()
+        }
+        None => "Next: commit to keep it (nothing to compare with yet), or revert.".to_string(),
+        Some(_) if c.clear_improvement() => "Next: commit: a clear improvement on the kept state.".into(),
+        Some(_) if c.beats() => {
+            "Next: better than the kept state but not clearly: repeat on more seeds (`seed_list`) before committing, or revert.".into()
+        }
+        Some(r) => format!(
+            "Next: revert: this does not beat the kept state {}; commit it only with a `reason` to keep it anyway.",
+            r.id
+        ),
+    });
+    RunReport { body: t, next, warnings: comparison.iter().flat_map(|c| c.warnings()).collect() }
 }
 
 #[cfg(test)]
@@ -372,47 +439,63 @@ mod tests {
     use super::*;
     use crate::service::fixtures::*;
 
-    #[test]
-    fn the_run_report_shows_rounded_numbers_and_deltas_from_rounded_values() {
-        let o = crate::experiment::Outcome {
+    fn outcome(run: &Run) -> crate::experiment::Outcome {
+        crate::experiment::Outcome {
             status: RunStatus::Ok,
-            metrics: Some(exact(12.345678, &[12.1111111, 12.5802469])),
+            metrics: run.metrics.clone(),
             reported: Default::default(),
             phases: Default::default(),
             overran: false,
             message: None,
-        };
-        let runs = vec![run("r0002", "other", exact(14.004999, &[]), true)];
-        let t = summarize_run("r0004", &o, &Standings::current(&runs, BASELINE), &fingerprint());
+            per_seed: vec![],
+        }
+    }
+
+    #[test]
+    fn the_run_report_shows_rounded_numbers_and_deltas_from_rounded_values() {
+        let new = run("r0004", "new", exact(12.345678, &[12.1111111, 12.5802469]), false);
+        let runs = vec![run("r0002", "other", exact(14.004999, &[]), true), new];
+        let t =
+            summarize_run(&runs[1], &outcome(&runs[1]), &Standings::current(&runs, BASELINE), &fingerprint()).text();
         assert!(t.contains("mean rank 12.35 ± 0.33 (n=2)"), "{t}");
         assert!(t.contains("[11.36, 13.33]"), "{t}");
-        assert!(t.contains("delta -1.65 vs best kept r0002 (14.00)"), "{t}");
+        assert!(t.contains("per seed: 42: 12.11, 43: 12.58\n"), "{t}");
+        assert!(t.contains("vs kept r0002 on seeds 42: -1.89 (mean -1.89, all better)"), "{t}");
         assert!(t.contains("R@1/5/10 33.3/66.7/71.4%"), "{t}");
-        assert!(t.contains("Next: commit if this beats"), "{t}");
+        assert!(t.contains("Next: commit"), "{t}");
         assert!(max_decimals(&t) <= 2, "{t}");
     }
 
     #[test]
     fn the_run_reply_and_its_row_give_the_same_delta_against_the_same_run() {
-        // Baseline r0001 at 20, r0002 kept with a reason at 25 (worse), the new run r0003 at 22.
+        // Baseline r0001 at 20, r0002 kept with a reason at 25 (worse, but the kept state), r0003 at 22.
         let mut runs = ledger();
         runs[0].metrics = Some(exact(20.0, &[]));
         runs[1].metrics = Some(exact(25.0, &[]));
         runs[1].kept_reason = Some("simpler".into());
-        runs[2].metrics = Some(exact(22.0, &[]));
-        let o = crate::experiment::Outcome {
-            status: RunStatus::Ok,
-            metrics: runs[2].metrics.clone(),
-            reported: Default::default(),
-            phases: Default::default(),
-            overran: false,
-            message: None,
-        };
+        runs[2].metrics = Some(exact(26.0, &[]));
         let standings = Standings::current(&runs, BASELINE);
-        let t = summarize_run("r0003", &o, &standings, &fingerprint());
-        assert!(t.contains("delta +2.00 vs baseline r0001 (20.00)"), "{t}");
-        assert!(t.contains("does not beat the best kept result r0001"), "{t}");
-        let row = view::row(&runs[2], Some(standings.compare("r0003", runs[2].metrics.as_ref().unwrap())));
-        assert_eq!((row.delta_vs_best_kept, row.compared_with.as_deref()), (Some(2.0), Some("r0001")));
+        let t = summarize_run(&runs[2], &outcome(&runs[2]), &standings, &fingerprint()).text();
+        assert!(t.contains("vs kept r0002 on seeds 42: +1.00 (mean +1.00, all worse)"), "{t}");
+        assert!(t.contains("does not beat the kept state r0002"), "{t}");
+        let row = view::row(&runs[2], Some(standings.compare(&runs[2])));
+        assert_eq!((row.delta_vs_kept, row.compared_with.as_deref()), (Some(1.0), Some("r0002")));
+    }
+
+    #[test]
+    fn seeds_are_counted_or_named() {
+        let args = |seeds: Option<u32>, list: Option<Vec<u64>>| RunExperimentArgs {
+            description: "d".into(),
+            seeds,
+            seed_list: list,
+        };
+        assert_eq!(seeds_to_train(&args(None, None), 42), Ok(vec![42]));
+        assert_eq!(seeds_to_train(&args(Some(3), None), 42), Ok(vec![42, 43, 44]));
+        assert_eq!(seeds_to_train(&args(None, Some(vec![43, 44])), 42), Ok(vec![43, 44]));
+        assert_eq!(seeds_to_train(&args(Some(2), Some(vec![7, 9])), 42), Ok(vec![7, 9]));
+        assert!(seeds_to_train(&args(Some(9), None), 42).unwrap_err().contains("use 1 to 5"));
+        assert!(seeds_to_train(&args(None, Some(vec![1, 1])), 42).unwrap_err().contains("distinct"));
+        assert!(seeds_to_train(&args(None, Some(vec![])), 42).is_err());
+        assert!(seeds_to_train(&args(Some(3), Some(vec![1])), 42).unwrap_err().contains("one of them"));
     }
 }

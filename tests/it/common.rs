@@ -224,7 +224,7 @@ pub fn metrics_at(mean_rank: f64) -> autoresearch_mcp::score::Metrics {
     }
 }
 
-/// Appends one finished, successful run of the train.rs with SHA-256 `hash`.
+/// Appends one finished, successful run of the train.rs with SHA-256 `hash`, on seed 42.
 pub fn seed_ok_run(
     ledger: &mut autoresearch_mcp::ledger::Ledger,
     id: &str,
@@ -232,8 +232,21 @@ pub fn seed_ok_run(
     description: &str,
     mean_rank: f64,
 ) {
+    seed_ok_run_on(ledger, id, hash, description, &[(42, mean_rank)]);
+}
+
+/// Appends one finished, successful run of the train.rs with SHA-256 `hash` over `seeds` (seed, mean
+/// rank), as a server records a run repeated over seeds: the mean, each seed's rank and its evidence.
+pub fn seed_ok_run_on(
+    ledger: &mut autoresearch_mcp::ledger::Ledger,
+    id: &str,
+    hash: &str,
+    description: &str,
+    seeds: &[(u64, f64)],
+) {
     use autoresearch_mcp::audit::{GENESIS, Head};
-    use autoresearch_mcp::ledger::{Event, Fingerprint, PhaseTimes, Reported, RunStatus};
+    use autoresearch_mcp::ledger::{Event, Fingerprint, PhaseTimes, Reported, RunStatus, SeedResult};
+    use autoresearch_mcp::score::Metrics;
     use chrono::Utc;
     let head = || Head { hash: GENESIS.into(), lines: 0 };
     let fingerprint = Fingerprint {
@@ -252,19 +265,31 @@ pub fn seed_ok_run(
         train_hash: hash.into(),
         description: description.into(),
         fingerprint,
-        seed: 42,
+        seed: seeds[0].0,
+        seeds: if seeds.len() > 1 { seeds.iter().map(|s| s.0).collect() } else { vec![] },
         repeat_of: None,
         audit: head(),
     };
+    let per_seed: Vec<Metrics> = seeds.iter().map(|s| metrics_at(s.1)).collect();
     let finished = Event::Finished {
         run_id: id.into(),
         at: Utc::now(),
         status: RunStatus::Ok,
-        metrics: Some(metrics_at(mean_rank)),
-        reported: Reported::default(),
-        phases: Box::new(PhaseTimes { total: 70.0, ..Default::default() }),
+        metrics: Some(Metrics::over_seeds(&per_seed)),
+        reported: Reported { steps: Some(400), ..Default::default() },
+        phases: Box::new(PhaseTimes { total: 70.0 * seeds.len() as f64, ..Default::default() }),
         overran: false,
         message: None,
+        per_seed: seeds
+            .iter()
+            .map(|&(seed, rank)| SeedResult {
+                seed,
+                mean_rank: Some(rank),
+                steps: Some(400),
+                loop_s: Some(20.0),
+                budget_cut: false,
+            })
+            .collect(),
         audit: head(),
     };
     ledger.append(started).unwrap();

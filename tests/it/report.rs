@@ -120,6 +120,7 @@ fn build_fixture(ws: &Ws) -> Vec<Spec> {
                 description: s.desc.into(),
                 fingerprint: fingerprint(s.budget),
                 seed: 42,
+                seeds: vec![],
                 repeat_of: None,
                 audit: head(),
             })
@@ -148,6 +149,7 @@ fn build_fixture(ws: &Ws) -> Vec<Spec> {
                     }),
                     overran: s.status == RunStatus::Timeout,
                     message: (s.status != RunStatus::Ok).then(|| format!("{:?}", s.status)),
+                    per_seed: vec![],
                     audit: head(),
                 })
                 .unwrap();

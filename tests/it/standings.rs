@@ -1,6 +1,9 @@
-//! One "best" everywhere: a run that does not beat the best kept result is committed only with a
-//! reason, is marked so, and does not become the best; the commit reply, the commit message,
-//! read_metrics, `status`, the report and the supervisor's resume prompt all name the same best.
+//! One kept state and one best everywhere: a run that does not beat the kept state is committed only
+//! with a reason, is marked so, and becomes the kept state (the head of the branch, what deltas are
+//! against) without becoming the best; the commit reply, the commit message, read_metrics, `status`,
+//! the report and the supervisor's resume prompt agree. And seeds pair: a lucky single seed does not
+//! outrank a three-seed kept configuration without its label, and a configuration better on every
+//! shared seed is never called a regression.
 //!
 //! Cheap: the two runs are ledger rows written through the crate's ledger API before the server
 //! starts, as a server would have written them (a baseline at 20.00, the raised learning rate at
@@ -40,34 +43,48 @@ async fn a_worse_run_is_kept_only_with_a_reason_and_everything_names_the_same_be
     let tip = || git(&ws, &["rev-parse", &format!("refs/heads/{}", state.branch)]);
     let before = tip();
 
-    // Without a reason: refused, naming the best it does not beat; nothing moves.
+    // Without a reason: refused, naming the kept state it does not beat; nothing moves.
     let r = c.call("commit", json!({"description": "LR 1e-3"})).await;
     assert!(is_error(&r), "{}", text(&r));
     let t = text(&r);
-    assert!(t.contains("does not beat the best kept result r0001") && t.contains("reason"), "{t}");
+    assert!(t.contains("does not beat the kept state r0001") && t.contains("reason"), "{t}");
+    assert!(t.contains("vs baseline r0001 on seeds 42: +5.00 (mean +5.00, all worse)"), "{t}");
     assert_eq!(tip(), before, "the branch did not move");
 
-    // With one: kept, marked, and the best stays the baseline.
+    // With one: kept, marked; it is the kept state now, and the best stays the baseline.
     let reason = "same score band, half the warmup code";
     let r = c.call("commit", json!({"description": "LR 1e-3", "reason": reason})).await;
     assert!(!is_error(&r), "{}", text(&r));
     let t = text(&r);
-    assert!(t.contains("kept run r0002") && t.contains("(+5.00 vs r0001 20.00)"), "{t}");
-    assert!(t.contains(&format!("kept with reason ({reason})")) && t.contains("best kept: r0001 (20.00)"), "{t}");
+    assert!(t.contains("kept run r0002") && t.contains("(+5.00 vs baseline r0001 on 1 shared seed, all worse"), "{t}");
+    assert!(t.contains(&format!("kept with reason ({reason})")) && t.contains("it is now the kept state"), "{t}");
+    assert!(t.contains("best kept: r0001 (20.00, 1 seed)"), "{t}");
     let msg = git(&ws, &["log", "-1", "--format=%B", &state.branch]);
-    assert!(msg.starts_with("exp r0002: mean_rank 25.00 (+5.00 vs r0001 20.00) | LR 1e-3"), "{msg}");
-    assert!(msg.contains(&format!("\nKept-Reason: {reason}\n")) && msg.contains("\nBest-Kept: r0001 20.00\n"), "{msg}");
-
-    let v = c.call("read_metrics", json!({})).await;
-    let view = v.structured_content.clone().unwrap();
-    assert_eq!(view["best_kept"]["id"], "r0001", "{view}");
-    assert_eq!(view["runs"][1]["kept_reason"], reason, "{view}");
-    assert_eq!(
-        (view["runs"][1]["delta_vs_best_kept"].as_f64(), &view["runs"][1]["compared_with"]),
-        (Some(5.0), &json!("r0001"))
+    assert!(
+        msg.starts_with(
+            "exp r0002: mean_rank 25.00 (+5.00 vs baseline r0001 on 1 shared seed, all worse, 1 seed: screening) | LR 1e-3"
+        ),
+        "{msg}"
     );
     assert!(
-        text(&v).contains("best kept: r0001") && text(&v).contains(&format!("kept with reason: {reason}")),
+        msg.contains(&format!("\nKept-Reason: {reason}\n")) && msg.contains("\nBest-Kept: r0001 20.00 (1 seed)\n"),
+        "{msg}"
+    );
+    assert!(msg.contains("\nVs-Kept: vs baseline r0001 on seeds 42: +5.00 (mean +5.00, all worse)\n"), "{msg}");
+
+    let v = c.call("read_metrics", json!({"full": true})).await;
+    let view = v.structured_content.clone().unwrap();
+    assert_eq!((&view["kept"]["id"], &view["best_kept"]["id"]), (&json!("r0002"), &json!("r0001")), "{view}");
+    assert_eq!(view["rows"][1]["kept_reason"], reason, "{view}");
+    assert!(view["runs"][1]["delta_vs_kept"].is_null(), "the kept run is not compared with itself: {view}");
+    assert_eq!(
+        (view["rows"][0]["delta_vs_kept"].as_f64(), &view["rows"][0]["compared_with"]),
+        (Some(-5.0), &json!("r0002")),
+        "the baseline against the kept state"
+    );
+    assert!(
+        text(&v).contains("kept (deltas are against it): r0002")
+            && text(&v).contains(&format!("kept with reason: {reason}")),
         "{}",
         text(&v)
     );
@@ -100,4 +117,77 @@ async fn a_worse_run_is_kept_only_with_a_reason_and_everything_names_the_same_be
     assert_eq!(runs[1].kept_reason.as_deref(), Some(reason), "the ledger keeps the reason");
     let resume = autoresearch_mcp::supervisor::best_so_far(&runs, &state);
     assert!(resume.starts_with("- best so far: r0001 ") && resume.contains("mean rank 20.00"), "{resume}");
+}
+
+/// The issue's night on a synthetic ledger: the baseline and a kept configuration over seeds 42-44, a
+/// lucky single seed, the kept configuration's seeds, a better configuration on all three.
+#[tokio::test(flavor = "multi_thread")]
+async fn seeds_pair_a_lucky_single_seed_is_labelled_and_a_better_configuration_is_no_regression() {
+    let ws = Ws::new();
+    let state: WorkspaceState = serde_json::from_slice(&std::fs::read(ws.state("workspace.json")).unwrap()).unwrap();
+    let base = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let version = |n: u32| format!("{base}// configuration {n}\n");
+    let hash = |n: u32| sha256_hex(version(n).as_bytes());
+    {
+        let mut ledger = Ledger::open(&ws.state("runs.jsonl")).unwrap();
+        let on = |r: [f64; 3]| [(42, r[0]), (43, r[1]), (44, r[2])];
+        seed_ok_run_on(&mut ledger, "r0001", &state.baseline_train_hash, "baseline", &on([140.6, 142.1, 139.0]));
+        seed_ok_run_on(&mut ledger, "r0002", &hash(2), "no text dropout", &on([42.3, 78.6, 58.7]));
+        seed_ok_run_on(&mut ledger, "r0003", &hash(3), "lucky", &[(42, 40.0)]);
+        seed_ok_run_on(&mut ledger, "r0004", &hash(4), "better everywhere", &on([31.3, 59.0, 45.6]));
+    }
+    let c = ws.client().await;
+    // Keep configuration 2 first (the agent did, with its three seeds).
+    std::fs::write(ws.train_rs(), version(2)).unwrap();
+    let r = c.call("commit", json!({"description": "no text dropout"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+
+    // The lucky seed: better on seed 42, labelled a screening result, within the kept spread.
+    let v = c.call("read_metrics", json!({"full": true})).await;
+    let view = v.structured_content.clone().unwrap();
+    assert_eq!(view["kept"]["id"], "r0002", "{view}");
+    assert_eq!(view["kept"]["per_seed"], json!({"42": 42.3, "43": 78.6, "44": 58.7}), "{view}");
+    let lucky = &view["rows"][2];
+    assert_eq!(lucky["id"], "r0003");
+    let flags = lucky["flags"].as_array().unwrap();
+    assert!(flags.contains(&json!("single_seed")) && flags.contains(&json!("within_noise")), "{lucky}");
+    assert!(!flags.contains(&json!("clear_improvement")), "{lucky}");
+    assert!(lucky["vs_kept"].as_str().unwrap().contains("1 seed against 3: a screening result"), "{lucky}");
+    // The better configuration: paired on three seeds, all better, a clear improvement.
+    let better = &view["rows"][3];
+    assert_eq!(
+        better["vs_kept"].as_str().unwrap(),
+        "vs kept r0002 on seeds 42,43,44: -11.00, -19.60, -13.10 (mean -14.57, 95% [-25.71, -3.43], all better); \
+         clear improvement against the paired differences' 95% interval (±11.14)"
+    );
+    let t = text(&v);
+    assert!(t.contains("r0004 ok 45.30 [42: 31.30, 43: 59.00, 44: 45.60] -14.57 vs kept clear_improvement | "), "{t}");
+
+    // The lucky seed kept with its label; the better configuration then still pairs with the kept
+    // state's seed, and once the kept train.rs has its other seeds, it is better on all three.
+    std::fs::write(ws.train_rs(), version(3)).unwrap();
+    let r = c.call("commit", json!({"description": "lucky"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let msg = git(&ws, &["log", "-1", "--format=%B", &state.branch]);
+    assert!(
+        msg.starts_with(
+            "exp r0003: mean_rank 40.00 (-2.30 vs kept r0002 on 1 shared seed, all better, 1 seed: screening)"
+        ),
+        "{msg}"
+    );
+    assert!(text(&r).contains("rests on one seed"), "{}", text(&r));
+    drop(c);
+    {
+        let mut ledger = Ledger::open(&ws.state("runs.jsonl")).unwrap();
+        seed_ok_run_on(&mut ledger, "r0005", &hash(3), "lucky on 43, 44", &[(43, 80.0), (44, 61.0)]);
+    }
+    let c = ws.client().await;
+    std::fs::write(ws.train_rs(), version(4)).unwrap();
+    let r = c.call("commit", json!({"description": "better everywhere"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let msg = git(&ws, &["log", "-1", "--format=%B", &state.branch]);
+    assert!(msg.starts_with("exp r0004: mean_rank 45.30 ± "), "{msg}");
+    assert!(msg.contains("(-15.03 vs kept r0003 on 3 shared seeds, all better)"), "never a regression: {msg}");
+    let v = c.call("read_metrics", json!({})).await.structured_content.unwrap();
+    assert_eq!(v["kept"]["id"], "r0004", "{v}");
 }

@@ -170,13 +170,21 @@ impl Context {
     /// Time until the budget is spent (zero once it is).
     pub fn time_left(&self) -> Duration {
         crate::timeline::first_step();
-        self.deadline.saturating_duration_since(Instant::now())
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            crate::timeline::budget_spent();
+        }
+        left
     }
 
     /// Whether the budget is spent.
     pub fn time_is_up(&self) -> bool {
         crate::timeline::first_step();
-        Instant::now() >= self.deadline
+        let up = Instant::now() >= self.deadline;
+        if up {
+            crate::timeline::budget_spent();
+        }
+        up
     }
 
     /// Seconds since the phase started.

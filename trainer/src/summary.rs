@@ -1,5 +1,5 @@
 //! `AR_OUT/train_summary.json`:
-//! `{"steps","final_loss","peak_memory_bytes","device","train_seconds","steps_per_second","timeline"}`
+//! `{"steps","final_loss","peak_memory_bytes","device","train_seconds","steps_per_second","budget_cut","timeline"}`
 //! (`timeline`: [`crate::timeline::Timeline`]).
 //!
 //! Nothing here changes the score; the server records it beside the run. Peak memory is the process's
@@ -30,6 +30,9 @@ pub struct Summary {
     pub train_seconds: f64,
     /// `steps / train_seconds` (data loading and model building included).
     pub steps_per_second: f64,
+    /// The loop found the budget spent ([`crate::Context::time_is_up`] or `time_left` said so): training
+    /// stopped at the budget, before train.rs's own schedule ended.
+    pub budget_cut: bool,
     /// When the phase loaded its data, began its first step and ended its loop.
     pub timeline: crate::timeline::Timeline,
 }
@@ -59,6 +62,7 @@ pub fn write(ctx: &Context, steps: u64, final_loss: f64) -> Result<Summary> {
         device: ctx.device_name().to_string(),
         train_seconds: ctx.elapsed_s(),
         steps_per_second: steps as f64 / ctx.elapsed_s().max(1e-9),
+        budget_cut: crate::timeline::snapshot().budget_spent_s.is_some(),
         timeline: crate::timeline::snapshot(),
     };
     let path = ctx.out.join(SUMMARY_FILE);

@@ -14,6 +14,7 @@ static ORIGIN: OnceLock<(Instant, f64)> = OnceLock::new();
 static DATA_LOADED: OnceLock<f64> = OnceLock::new();
 static FIRST_STEP: OnceLock<f64> = OnceLock::new();
 static LOOP_END: OnceLock<f64> = OnceLock::new();
+static BUDGET_SPENT: OnceLock<f64> = OnceLock::new();
 
 /// The landmarks, in seconds since [`start`]; `None` where not reached.
 #[derive(Debug, Serialize, Clone, PartialEq)]
@@ -27,6 +28,9 @@ pub struct Timeline {
     pub first_step_s: Option<f64>,
     /// `checkpoint::save` was entered: the last step is done.
     pub loop_end_s: Option<f64>,
+    /// The first time `Context::time_is_up`/`time_left` found the budget spent: the loop stopped at
+    /// the budget, before train.rs's own schedule ended.
+    pub budget_spent_s: Option<f64>,
 }
 
 fn unix_now() -> f64 {
@@ -62,6 +66,11 @@ pub fn loop_end() {
     mark(&LOOP_END);
 }
 
+/// The training loop found its budget spent (first call wins).
+pub fn budget_spent() {
+    mark(&BUDGET_SPENT);
+}
+
 /// The landmarks so far.
 pub fn snapshot() -> Timeline {
     let (_, started_unix) = *origin();
@@ -70,6 +79,7 @@ pub fn snapshot() -> Timeline {
         data_loaded_s: DATA_LOADED.get().copied(),
         first_step_s: FIRST_STEP.get().copied(),
         loop_end_s: LOOP_END.get().copied(),
+        budget_spent_s: BUDGET_SPENT.get().copied(),
     }
 }
 
@@ -92,5 +102,8 @@ mod tests {
         let (d, f, e) = (t.data_loaded_s.unwrap(), t.first_step_s.unwrap(), t.loop_end_s.unwrap());
         assert!(d < f && f < e, "{t:?}");
         assert!((t.started_unix - unix_now()).abs() < 60.0, "{t:?}");
+        assert_eq!(t.budget_spent_s, None, "the budget was never found spent");
+        budget_spent();
+        assert!(snapshot().budget_spent_s.unwrap() >= e);
     }
 }
