@@ -88,7 +88,7 @@ async def run(session: ClientSession, description: str):
 
 
 async def hypothesis(session: ClientSession, description: str, old: str, new: str) -> bool:
-    """Edit, run, then keep or revert against the best kept (or baseline) result; False on a failed run."""
+    """Edit, run, then keep or revert against the kept state (the baseline until something is kept); False on a failed run."""
     edit = await session.call_tool("edit_train", {"command": "str_replace", "old_str": old, "new_str": new})
     if edit.is_error:
         print(f"edit refused: {text_of(edit)}", file=sys.stderr)
@@ -98,14 +98,14 @@ async def hypothesis(session: ClientSession, description: str, old: str, new: st
         await session.call_tool("revert", {})
         return False
     view = (await session.call_tool("read_metrics", {})).structured_content
-    best = view.get("best_kept") or view.get("baseline")
+    kept = view.get("kept") or view.get("baseline")
     mine = result.structured_content["metrics"]["mean_rank"]
-    if best and mine < best["metrics"]["mean_rank"]:
+    if kept and mine < kept["mean_rank"]:
         decision = await session.call_tool("commit", {"description": description})
-        verdict = f"kept: {mine:.2f} beats {best['id']} ({best['metrics']['mean_rank']:.2f})"
+        verdict = f"kept: {mine:.2f} beats {kept['id']} ({kept['mean_rank']:.2f})"
     else:
         decision = await session.call_tool("revert", {})
-        verdict = f"reverted: {mine:.2f} does not beat {best['id']} ({best['metrics']['mean_rank']:.2f})"
+        verdict = f"reverted: {mine:.2f} does not beat {kept['id']} ({kept['mean_rank']:.2f})"
     print(f"{verdict}\n{text_of(decision).rstrip()}")
     await session.call_tool("append_scratchpad", {"entry": f"{description}: {verdict}"})
     return True
@@ -133,11 +133,11 @@ async def main(server: Path, workspace: Path, description: str, baseline_only: b
             for hyp in HYPOTHESES:
                 ok = await hypothesis(session, *hyp) and ok
 
-        after = await session.call_tool("read_metrics", {})
+        after = await session.call_tool("read_metrics", {"full": True})
         view = after.structured_content
-        print_runs_table(view["runs"])
+        print_runs_table(view["rows"])
 
-        baseline = view["runs"][0]
+        baseline = view["rows"][0]
         m = baseline.get("metrics")
         if baseline["status"] != "ok" or not m:
             print(f"\nrun {baseline['id']} ended {baseline['status']}: no metrics", file=sys.stderr)
@@ -147,9 +147,9 @@ async def main(server: Path, workspace: Path, description: str, baseline_only: b
             f"\nbaseline mean rank {m['mean_rank']:.1f} vs random-retrieval mean rank "
             f"{m['random_mean_rank']:.1f} (N={m['n']}): {ratio:.1f}x better than random"
         )
-        if view.get("best_kept"):
-            best = view["best_kept"]
-            print(f"best kept: {best['id']} mean rank {best['metrics']['mean_rank']:.1f} ({best['description']})")
+        if view.get("kept"):  # null while the baseline is the kept state
+            kept = view["kept"]
+            print(f"kept: {kept['id']} mean rank {kept['mean_rank']:.1f} ({kept['description']})")
         return 0 if m["mean_rank"] < m["random_mean_rank"] and ok else 1
 
 

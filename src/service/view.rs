@@ -194,8 +194,8 @@ pub struct MetricsView {
     pub total_runs: usize,
     /// The unmodified train.rs of the current fingerprint, over all its seeds.
     pub baseline: Option<Reference>,
-    /// The current kept state (the head of the experiment branch; the baseline while nothing is kept):
-    /// what every delta is against.
+    /// The current kept state (the head of the experiment branch): what every delta is against.
+    /// `null` while the baseline is the kept state (nothing kept yet), so it is not repeated.
     pub kept: Option<Reference>,
     /// The lowest kept or baseline mean rank, when it is not the kept state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +244,10 @@ pub fn metrics_view(runs: &[Run], baseline_hash: &str, args: &ReadMetricsArgs) -
         rows = matching[end.saturating_sub(ROWS_PER_PAGE)..end].iter().map(|r| row(r, comparison(r))).collect();
         page = Some((p, pages));
     }
-    let kept = standings.kept.map(|k| Reference::of(&standings, k));
+    let kept = standings
+        .kept
+        .filter(|k| standings.baseline.is_none_or(|b| b.train_hash != k.train_hash))
+        .map(|k| Reference::of(&standings, k));
     MetricsView {
         total_runs: runs.len(),
         baseline: standings.baseline.map(|b| Reference::of(&standings, b)),
@@ -287,6 +290,7 @@ pub fn render_view(v: &MetricsView) -> String {
     }
     match &v.kept {
         Some(k) => t.push_str(&reference("kept (deltas are against it)", k)),
+        None if v.baseline.is_some() => t.push_str("kept: nothing yet; deltas are against the baseline\n"),
         None => t.push_str("kept: nothing yet\n"),
     }
     if let Some(b) = &v.best_kept {

@@ -342,7 +342,7 @@ async fn escape_suite(a: &Arena) {
         .await;
     assert_eq!(status, "ok", "{t}");
     let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
-    let rank = m["runs"][0]["metrics"]["mean_rank"].as_f64().unwrap();
+    let rank = m["runs"][0]["mean_rank"].as_f64().unwrap();
     assert!(rank > 1.0, "the recorded score is the server's, not the fake: {rank}");
     assert!(a.ws.cli(&["audit", "verify"]).status.success());
     let _ = std::fs::remove_file(&sock_path);
@@ -561,8 +561,8 @@ async fn round_two(a: &Arena) {
             let ipc = lines_of(&dir.join("embed-texts.log"), "ATTACK-IPC-RECV ");
             assert_eq!(ipc, ["none"], "shared memory reached embed-texts");
         }
-        let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
-        let row = &m["runs"][0]["metrics"];
+        let m = a.client.call("read_metrics", json!({"last": 1, "full": true})).await.structured_content.unwrap();
+        let row = &m["rows"].as_array().unwrap().last().unwrap()["metrics"];
         for k in ["mean_rank", "i2t_mean_rank", "t2i_mean_rank"] {
             let v = row[k].as_f64().unwrap();
             assert!((v * 100.0 - (v * 100.0).round()).abs() < 1e-6, "{k} = {v}: more than two decimals");

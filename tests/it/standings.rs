@@ -191,3 +191,48 @@ async fn seeds_pair_a_lucky_single_seed_is_labelled_and_a_better_configuration_i
     let v = c.call("read_metrics", json!({})).await.structured_content.unwrap();
     assert_eq!(v["kept"]["id"], "r0004", "{v}");
 }
+
+/// read_metrics' default answer stays small however long the night: at 100 runs (three seeds each,
+/// every fifth kept) the whole tool result, text and structured content, is under 3 KB; full rows
+/// come a page at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_metrics_stays_under_3_kb_at_100_runs() {
+    let ws = Ws::new();
+    let state: WorkspaceState = serde_json::from_slice(&std::fs::read(ws.state("workspace.json")).unwrap()).unwrap();
+    {
+        let mut ledger = Ledger::open(&ws.state("runs.jsonl")).unwrap();
+        for i in 1..=100u32 {
+            let hash = if i == 1 { state.baseline_train_hash.clone() } else { sha256_hex(format!("v{i}").as_bytes()) };
+            let r = 140.0 - i as f64;
+            let seeds = [(42, r + 0.123), (43, r + 1.456), (44, r - 0.789)];
+            let description = format!("experiment {i}: a one-line hypothesis of ordinary length here");
+            seed_ok_run_on(&mut ledger, &format!("r{i:04}"), &hash, &description, &seeds);
+            if i % 5 == 0 {
+                let head = autoresearch_mcp::audit::Head { hash: autoresearch_mcp::audit::GENESIS.into(), lines: 0 };
+                let kept = autoresearch_mcp::ledger::Event::Kept {
+                    run_id: format!("r{i:04}"),
+                    at: chrono::Utc::now() + chrono::Duration::seconds(i.into()),
+                    commit: format!("{i:040}"),
+                    train_hash: hash,
+                    reason: None,
+                    audit: head,
+                };
+                ledger.append(kept).unwrap();
+            }
+        }
+    }
+    let c = ws.client().await;
+    let r = c.call("read_metrics", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let bytes = serde_json::to_string(&r).unwrap().len();
+    eprintln!("read_metrics at 100 runs: {bytes} bytes\n{}", text(&r));
+    assert!(bytes < 3 * 1024, "{bytes} bytes:\n{}", serde_json::to_string_pretty(&r).unwrap());
+    let v = r.structured_content.clone().unwrap();
+    assert_eq!((v["total_runs"].as_u64(), v["runs"].as_array().unwrap().len()), (Some(100), 5));
+    assert_eq!((&v["kept"]["id"], &v["baseline"]["id"]), (&json!("r0100"), &json!("r0001")));
+    assert!(v.get("rows").is_none(), "no full rows unless asked");
+
+    let page = c.call("read_metrics", json!({"full": true, "page": 2})).await.structured_content.unwrap();
+    let ids: Vec<&str> = page["rows"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!((ids.len(), ids[0], page["page"].clone()), (10, "r0081", json!([2, 10])));
+}
