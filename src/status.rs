@@ -76,9 +76,13 @@ pub fn render(paths: &Paths) -> Result<String> {
         None => writeln!(t, "running     no experiment")?,
     }
 
-    match supervisor::best_run(&runs, &ws) {
-        Some(b) => writeln!(t, "best        {}", row(&b))?,
+    let standings = crate::ledger::Standings::current(&runs, &ws.baseline_train_hash);
+    match standings.best {
+        Some(b) => writeln!(t, "best        {} ({})", row(b), standings.seeds_label(b))?,
         None => writeln!(t, "best        no successful run yet")?,
+    }
+    if let Some(k) = standings.kept.filter(|k| standings.best.is_some_and(|b| b.train_hash != k.train_hash)) {
+        writeln!(t, "kept        {} ({}; results are compared with it)", row(k), standings.seeds_label(k))?;
     }
     writeln!(t, "runs        {} in the ledger; the last ones:", runs.len())?;
     for r in runs.iter().rev().take(8).rev() {

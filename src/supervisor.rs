@@ -617,9 +617,21 @@ fn prompt_line(r: &Run) -> String {
 }
 
 /// The resume prompt's line naming the best kept result ([`best_run`]).
+/// and the kept state every delta is against, when that is another run.
 pub fn best_so_far(runs: &[Run], ws: &WorkspaceState) -> String {
-    match best_run(runs, ws) {
-        Some(b) => format!("- best so far: {}\n", prompt_line(&b)),
+    let s = ledger::Standings::current(runs, &ws.baseline_train_hash);
+    match s.best {
+        Some(b) => {
+            let mut t = format!("- best so far: {} ({})\n", prompt_line(b), s.seeds_label(b));
+            if let Some(k) = s.kept.filter(|k| k.train_hash != b.train_hash) {
+                t.push_str(&format!(
+                    "- kept state (the head of the branch; results are compared with it): {} ({})\n",
+                    prompt_line(k),
+                    s.seeds_label(k)
+                ));
+            }
+            t
+        }
         None => "- no successful run yet: run the unmodified train.rs first (description \"baseline\")\n".into(),
     }
 }

@@ -102,7 +102,11 @@ async fn a_worse_run_is_kept_only_with_a_reason_and_everything_names_the_same_be
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{status}");
     let best = status.lines().find(|l| l.starts_with("best ")).unwrap_or_default();
-    assert!(best.contains("r0001") && best.contains("20.00"), "{status}");
+    assert!(best.contains("r0001") && best.contains("20.00") && best.contains("(1 seed)"), "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("kept ") && l.contains("r0002") && l.contains("compared with it")),
+        "{status}"
+    );
     assert!(status.lines().any(|l| l.contains("r0002") && l.contains("kept with reason")), "{status}");
 
     let out = ws.cli(&["report"]);
@@ -117,6 +121,10 @@ async fn a_worse_run_is_kept_only_with_a_reason_and_everything_names_the_same_be
     assert_eq!(runs[1].kept_reason.as_deref(), Some(reason), "the ledger keeps the reason");
     let resume = autoresearch_mcp::supervisor::best_so_far(&runs, &state);
     assert!(resume.starts_with("- best so far: r0001 ") && resume.contains("mean rank 20.00"), "{resume}");
+    assert!(
+        resume.contains("\n- kept state (the head of the branch; results are compared with it): r0002 "),
+        "{resume}"
+    );
 }
 
 /// The night on a synthetic ledger: the baseline and a kept configuration over seeds 42-44, a
