@@ -137,7 +137,9 @@ def test_strict_session_of_three_experiments_leaves_ledger_commits_and_audit(cla
         call("pad1", mcp + "append_scratchpad", entry="baseline measured"),
         call("e2", mcp + "edit_train", command="str_replace", old_str=lr, new_str="const LEARNING_RATE: f64 = 1e-3;"),
         call("run2", mcp + "run_experiment", description="LR 3e-4 -> 1e-3"),
-        call("keep2", mcp + "commit", description="LR 1e-3"),
+        # A 3 s budget trains a few dozen steps, fewer on a loaded machine: whether LR 1e-3 beats the
+        # baseline then is a coin flip, so the commit carries a reason (this test is about the flow).
+        call("keep2", mcp + "commit", description="LR 1e-3", reason="kept to exercise the flow"),
         call("pad2", mcp + "append_scratchpad", entry="kept LR 1e-3"),
         call("e3", mcp + "edit_train", command="str_replace", old_str=temp, new_str=hot),
         call("run3", mcp + "run_experiment", description="temperature clamp 2 -> 100"),
