@@ -111,7 +111,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::UnsandboxedExperiment(args) => crate::unsandboxed::main(&root, args).await,
-        Command::SandboxExec => unreachable!("handled in main before the runtime starts"),
+        Command::SandboxExec | Command::SandboxJob { .. } => unreachable!("handled in main before the runtime starts"),
     }
 }
 

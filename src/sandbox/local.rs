@@ -32,7 +32,7 @@ use super::cgroup::Cgroup;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
 
 /// How much of a job's output is kept in memory for the tail.
-const TAIL_KEEP: usize = 64 * 1024;
+pub(super) const TAIL_KEEP: usize = 64 * 1024;
 
 pub struct LocalSandbox {
     /// The `autoresearch-mcp` binary that implements `sandbox-exec`.
