@@ -55,6 +55,8 @@ pub struct SlurmSandbox {
     cfg: SlurmConfig,
     /// The build, data preparation and probes run here.
     local: LocalSandbox,
+    /// The `autoresearch-mcp` binary.
+    helper: PathBuf,
     /// This server's binary, copied into the shared directory once.
     staged_exe: OnceCell<PathBuf>,
 }
@@ -89,8 +91,14 @@ pub struct NodeResult {
 impl SlurmSandbox {
     /// Cheap: no Slurm command runs until [`Sandbox::check`] or the first job.
     pub fn new(cfg: SlurmConfig) -> Result<Self> {
+        Self::with_helper(cfg, std::env::current_exe().context("locate the server's own executable")?)
+    }
+
+    /// With `helper` as the `autoresearch-mcp` binary (its `sandbox-exec` here, `sandbox-job` on
+    /// the node): for callers that are not that binary themselves, such as tests.
+    pub fn with_helper(cfg: SlurmConfig, helper: PathBuf) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { cfg, local: LocalSandbox::from_current_exe()?, staged_exe: OnceCell::new() })
+        Ok(Self { cfg, local: LocalSandbox::new(helper.clone()), helper, staged_exe: OnceCell::new() })
     }
 
     fn jobs_dir(&self) -> PathBuf {
@@ -102,7 +110,7 @@ impl SlurmSandbox {
     async fn exe(&self) -> Result<&PathBuf> {
         self.staged_exe
             .get_or_try_init(|| async {
-                let exe = std::env::current_exe().context("locate the server's own executable")?;
+                let exe = &self.helper;
                 let meta = std::fs::metadata(&exe).with_context(|| format!("stat {}", exe.display()))?;
                 let dir = self.cfg.shared_dir.join("bin");
                 std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -110,8 +118,8 @@ impl SlurmSandbox {
                 if std::fs::metadata(&dst).map(|m| m.len()).ok() != Some(meta.len()) {
                     let tmp = dir.join(format!(".autoresearch-mcp-{}", std::process::id()));
                     let _ = std::fs::remove_file(&tmp);
-                    if std::fs::hard_link(&exe, &tmp).is_err() {
-                        std::fs::copy(&exe, &tmp)
+                    if std::fs::hard_link(exe, &tmp).is_err() {
+                        std::fs::copy(exe, &tmp)
                             .with_context(|| format!("copy the server's binary to {}", tmp.display()))?;
                     }
                     std::fs::rename(&tmp, &dst)?;
@@ -356,7 +364,8 @@ impl Sandbox for SlurmSandbox {
     }
 }
 
-/// Whose job it is, from its `--comment`.
+/// Whose job it is, from its `--comment` (`ws=`, last, is the workspace, or the job's scratch
+/// dir outside one).
 #[derive(Debug, PartialEq)]
 pub struct Owner {
     pub host: String,
@@ -369,8 +378,9 @@ impl Owner {
             .scratch
             .ancestors()
             .find(|a| a.join(".autoresearch").is_dir())
-            .map(|a| a.display().to_string())
-            .unwrap_or_default();
+            .unwrap_or(&job.scratch)
+            .display()
+            .to_string();
         format!("{COMMENT_TAG} host={} pid={} dir={name} ws={ws}", hostname(), std::process::id())
     }
 
