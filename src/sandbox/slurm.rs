@@ -111,7 +111,7 @@ impl SlurmSandbox {
         self.staged_exe
             .get_or_try_init(|| async {
                 let exe = &self.helper;
-                let meta = std::fs::metadata(&exe).with_context(|| format!("stat {}", exe.display()))?;
+                let meta = std::fs::metadata(exe).with_context(|| format!("stat {}", exe.display()))?;
                 let dir = self.cfg.shared_dir.join("bin");
                 std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
                 let dst = dir.join(format!("autoresearch-mcp-{}-{}", meta.len(), meta.mtime()));
