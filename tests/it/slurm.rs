@@ -166,12 +166,44 @@ async fn two_gpu_jobs_at_once_get_different_devices() {
         return;
     }
     let (a, b) = (Dirs::new(), Dirs::new());
-    let script = "echo start=$(date +%s.%N); echo gpus=$SLURM_JOB_GPUS cvd=${CUDA_VISIBLE_DEVICES-unset}; sleep 4; echo end=$(date +%s.%N)";
+    let script = |mark: &str| {
+        format!(
+            ": {mark}; echo start=$(date +%s.%N); echo gpus=$SLURM_JOB_GPUS cvd=${{CUDA_VISIBLE_DEVICES-unset}}; sleep 4; echo end=$(date +%s.%N)"
+        )
+    };
+    let marks = [format!("AR-GPU-A-{}", std::process::id()), format!("AR-GPU-B-{}", std::process::id())];
     let (sa, sb) = (a.sandbox("gpu:1"), b.sandbox("gpu:1"));
-    let (ja, jb) = (a.job(script), b.job(script));
+    let (ja, jb) = (a.job(&script(&marks[0])), b.job(&script(&marks[1])));
     let (ca, cb) = (CancellationToken::new(), CancellationToken::new());
-    let (oa, ob) = tokio::join!(sa.run(&ja, &ca), sb.run(&jb, &cb));
+    // While both run: the devices each job's processes may open, as the host's cgroup says.
+    let devices = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen: [Option<String>; 2] = [None, None];
+        while seen.iter().any(Option::is_none) && Instant::now() < deadline {
+            for (i, m) in marks.iter().enumerate() {
+                if seen[i].is_none() {
+                    seen[i] = processes_mentioning(m).into_iter().find_map(|(pid, _)| allowed_devices(pid));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    };
+    let (oa, ob, seen) = tokio::join!(sa.run(&ja, &ca), sb.run(&jb, &cb), devices);
     let (ta, tb) = (tail(&oa.unwrap()), tail(&ob.unwrap()));
+    let conf = std::fs::read_to_string("/etc/slurm/slurm.conf").unwrap_or_default();
+    if conf.contains("TaskPlugin=task/cgroup") {
+        let [Some(da), Some(db)] = seen else { panic!("the jobs' device cgroups were not found: {seen:?}") };
+        // Each may open exactly one of the two fake GPUs, not the same one.
+        let open = |d: &str| {
+            d.lines().filter(|l| l.contains("No such device")).map(|l| l[..1].to_string()).collect::<Vec<_>>()
+        };
+        let denied = |d: &str| d.lines().filter(|l| l.contains("not permitted")).count();
+        assert!(open(&da).len() == 1 && open(&db).len() == 1 && open(&da) != open(&db), "{da}\n---\n{db}");
+        assert!(denied(&da) == 1 && denied(&db) == 1, "{da}\n---\n{db}");
+    } else {
+        eprintln!("slurm::gpus: devices cgroup not checked: Slurm runs without task/cgroup here");
+    }
     let field = |t: &str, k: &str| -> String {
         t.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{k}=")))
@@ -184,6 +216,33 @@ async fn two_gpu_jobs_at_once_get_different_devices() {
     let num = |t: &str, k: &str| field(t, k).parse::<f64>().unwrap();
     let overlap = num(&ta, "end").min(num(&tb, "end")) - num(&ta, "start").max(num(&tb, "start"));
     assert!(overlap > 1.0, "the two jobs ran at the same time (overlap {overlap:.1} s)\n{ta}\n{tb}");
+}
+
+/// What opening each fake GPU gives a process in the same devices cgroup (v1) as `pid`, if that is
+/// a Slurm job's: "0: ...No such device..." (allowed: no driver behind it) or "...not permitted".
+fn allowed_devices(pid: u32) -> Option<String> {
+    use std::os::unix::process::CommandExt;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cg.lines().find_map(|l| l.split_once(":devices:").map(|(_, p)| p.to_string()))?;
+    if !path.contains("job_") {
+        return None;
+    }
+    let procs = std::ffi::CString::new(format!("/sys/fs/cgroup/devices{path}/cgroup.procs")).unwrap();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", "for d in 0 1; do (exec 3</dev/argpu$d) 2>&1 | sed \"s/^/$d: /\"; done"]);
+    // SAFETY: open/write/close only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let out = cmd.output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::test]
@@ -214,6 +273,29 @@ async fn cancel_scancels_and_a_timeout_is_a_timeout() {
     assert_eq!(o.end, JobEnd::TimedOut, "{}", tail(&o));
     assert!(tail(&o).contains("sleeping"), "{}", tail(&o));
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+
+    // Cancelled by someone else (an administrator's scancel): lost, never a result.
+    let f = Dirs::new();
+    let ws = format!("ws={}", f.scratch.display());
+    let job = f.job("echo working; sleep 300");
+    let sb = f.sandbox("");
+    let admin = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((id, _)) = live_jobs(|c| c.ends_with(&ws)).await.into_iter().find(|(_, s)| s == "RUNNING") {
+                autoresearch_mcp::sandbox::slurm::scancel(id).await.unwrap();
+                break;
+            }
+            assert!(Instant::now() < deadline, "the job never ran");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let never = CancellationToken::new();
+    let (o, ()) = tokio::join!(sb.run(&job, &never), admin);
+    let o = o.unwrap();
+    assert_eq!(o.end, JobEnd::Lost, "{}", tail(&o));
+    assert!(!o.success() && o.describe().starts_with("lost:"), "{}", o.describe());
+    assert!(tail(&o).contains("ended CANCELLED"), "{}", tail(&o));
 }
 
 /// A workspace whose train and embed phases run on Slurm, its shared directory beside it.
