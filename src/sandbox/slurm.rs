@@ -708,8 +708,9 @@ fn node_run(spec_path: &Path) -> Result<NodeResult> {
         job.limits.memory_bytes = job.limits.memory_bytes.min(mib << 20);
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start a runtime")?;
+    let parent = slurm_cgroup_parent()?;
     rt.block_on(async {
-        let local = LocalSandbox::from_current_exe()?;
+        let local = LocalSandbox::from_current_exe()?.with_cgroup_parent(parent);
         let cancel = CancellationToken::new();
         // scancel sends SIGTERM first: stop the job through its cgroup and report it cancelled.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -728,6 +729,23 @@ fn node_run(spec_path: &Path) -> Result<NodeResult> {
             oom_killed: out.oom_killed,
         })
     })
+}
+
+/// On cgroup v2, the folder of this process's own cgroup's parent (Slurm's `.../job_<id>/step_batch/
+/// user`): the job's cgroup goes beside this process's, inside Slurm's job, so the device program and
+/// memory limit Slurm attached there still hold for it (on v2 a cgroup at the root would escape them).
+/// None on v1, where the job keeps Slurm's devices cgroup (the sandbox moves it only in memory, pids,
+/// cpu and freezer).
+fn slurm_cgroup_parent() -> Result<Option<PathBuf>> {
+    if super::cgroup::Cgroup::detect()? != "v2" {
+        return Ok(None);
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).context("no v2 entry in /proc/self/cgroup")?;
+    let parent = Path::new(path).parent().filter(|p| *p != Path::new("/")).with_context(|| {
+        format!("this job's cgroup {path} is at the root: Slurm's cgroup/v2 plugin is not confining it; refusing to run outside it")
+    })?;
+    Ok(Some(Path::new("/sys/fs/cgroup").join(parent.strip_prefix("/").unwrap_or(parent))))
 }
 
 /// In a private mount namespace (this process is still single-threaded), binds each staged path
