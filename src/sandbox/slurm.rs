@@ -185,6 +185,9 @@ impl SlurmSandbox {
         tracing::info!(job = id, phase = %job.phase, "submitted to Slurm");
 
         let poll = Duration::from_secs_f64(self.cfg.poll_seconds);
+        // The run's log grows on the server while the job runs (`tail -f` works as with `local`).
+        std::fs::write(&job.log, b"").with_context(|| format!("create {}", job.log.display()))?;
+        let mut log_done = 0u64;
         let mut running_since: Option<Instant> = None;
         let mut ours: Option<(JobEnd, Instant)> = None; // what we cancelled it for, and when
         let state = loop {
@@ -208,6 +211,7 @@ impl SlurmSandbox {
                     None
                 }
             };
+            follow_log(&dir.join("job.log"), &job.log, &mut log_done);
             let Some(state) = state else { continue };
             if is_terminal(&state) {
                 break state;
@@ -644,6 +648,22 @@ fn copy_back(staged: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Appends what the node added to its log since `done` bytes to the server's copy.
+fn follow_log(staged: &Path, log: &Path, done: &mut u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Ok(mut f) = std::fs::File::open(staged) else { return };
+    if f.metadata().map(|m| m.len()).unwrap_or(0) <= *done || f.seek(SeekFrom::Start(*done)).is_err() {
+        return;
+    }
+    let mut buf = vec![];
+    let Ok(n) = f.read_to_end(&mut buf) else { return };
+    if let Ok(mut out) = std::fs::OpenOptions::new().append(true).open(log)
+        && out.write_all(&buf).is_ok()
+    {
+        *done += n as u64;
+    }
 }
 
 fn read_result(dir: &Path) -> Option<NodeResult> {

@@ -255,11 +255,23 @@ async fn cancel_scancels_and_a_timeout_is_a_timeout() {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         c.cancel();
     });
     let started = Instant::now();
-    let o = sb.run(&d.job("echo started; sleep 300"), &cancel).await.unwrap();
+    let job = d.job("echo started; sleep 300");
+    let log = job.log.clone();
+    let watch = async {
+        // The log on the server's side grows while the job runs.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("started") {
+            assert!(Instant::now() < deadline, "the job's log never reached the server while it ran");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(!cancel.is_cancelled(), "the log came only at the end");
+    };
+    let (o, ()) = tokio::join!(sb.run(&job, &cancel), watch);
+    let o = o.unwrap();
     assert_eq!(o.end, JobEnd::Cancelled, "{}", tail(&o));
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
     let ws = format!("ws={}", d.scratch.display());
