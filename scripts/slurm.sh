@@ -18,6 +18,8 @@ CONF_DIR=/etc/slurm
 STATE=/var/spool/slurmctld
 SPOOL=/var/spool/slurmd
 LOGDIR=/var/log/slurm
+# Bumped whenever the configuration written below changes: a cluster started with another is redone.
+MARK="# autoresearch-mcp slurm.sh config 2"
 
 node_idle() {
     local s
@@ -25,7 +27,7 @@ node_idle() {
     [[ "$s" == idle || "$s" == mixed || "$s" == allocated ]]
 }
 
-if [[ -f "$CONF_DIR/slurm.conf" ]] && grep -q '^# autoresearch-mcp' "$CONF_DIR/slurm.conf" && node_idle; then
+if [[ -f "$CONF_DIR/slurm.conf" ]] && grep -qxF "$MARK" "$CONF_DIR/slurm.conf" && node_idle; then
     say "already up ($(grep -o 'ProctrackType=.*' "$CONF_DIR/slurm.conf"))"
     exit 0
 fi
@@ -63,15 +65,20 @@ for i in 0 1; do
 done
 
 HOST=$(hostname -s)
+# Jobs of the tests are light and mostly wait: the node offers at least 8 CPUs whatever the machine
+# has (config_overrides), so a test's jobs do not queue behind another test's.
 CPUS=$(nproc)
+((CPUS >= 8)) || CPUS=8
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 mkdir -p "$CONF_DIR" "$STATE" "$SPOOL" "$LOGDIR"
 chown slurm:slurm "$STATE" "$LOGDIR" 2>/dev/null || true
 
 write_conf() { # $1 proctrack, $2 task plugins
     cat >"$CONF_DIR/slurm.conf" <<EOF
-# autoresearch-mcp: single-node test cluster written by scripts/slurm.sh
+$MARK
+# A single-node test cluster: this host is controller and compute node.
 ClusterName=autoresearch
+SlurmdParameters=config_overrides
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -119,7 +126,7 @@ stop_daemons() {
         local f=/run/$p.pid
         if [[ -s $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
             kill "$(cat "$f")" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
+            for _ in $(seq 50); do kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
         fi
     done
 }

@@ -48,6 +48,8 @@ pub const COMMENT_TAG: &str = "autoresearch-mcp";
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a job may stay in a terminal-less state after `scancel` before it is reported lost.
 const CANCEL_WAIT: Duration = Duration::from_secs(120);
+/// How long Slurm may not answer `squeue` before the job is given up as lost (and cancelled).
+const UNANSWERED_LIMIT: Duration = Duration::from_secs(300);
 /// Slurm's own time limit is a backstop past the sandbox's: this much longer.
 const SLURM_TIME_MARGIN_MIN: u64 = 2;
 
@@ -167,11 +169,11 @@ impl SlurmSandbox {
         );
         let dir = self.jobs_dir().join(&name);
         let exe = self.exe().await?.clone();
+        let _cleanup = RemoveOnDrop(dir.clone());
         let staged = {
             let (job, dir, node_paths) = (job.clone(), dir.clone(), self.cfg.node_paths.clone());
             tokio::task::spawn_blocking(move || stage(&job, &dir, &node_paths)).await??
         };
-        let _cleanup = RemoveOnDrop(dir.clone());
         let spec_path = dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&staged)?).context("write the job spec")?;
         let script = dir.join("batch.sh");
@@ -183,6 +185,9 @@ impl SlurmSandbox {
         let start = Instant::now();
         let id = sbatch(&args, &script).await.with_context(|| format!("submit the {} phase to Slurm", job.phase))?;
         tracing::info!(job = id, phase = %job.phase, "submitted to Slurm");
+        // Dropped unfinished (the caller went away): the job must not outlive its run.
+        let mut guard = CancelOnDrop(Some(id));
+        let mut unanswered_since: Option<Instant> = None;
 
         let poll = Duration::from_secs_f64(self.cfg.poll_seconds);
         // The run's log grows on the server while the job runs (`tail -f` works as with `local`).
@@ -208,9 +213,17 @@ impl SlurmSandbox {
                 Err(e) if format!("{e:#}").contains("Invalid job id") => Some("VANISHED".to_string()),
                 Err(e) => {
                     tracing::warn!(job = id, "squeue failed, trying again: {e:#}");
-                    None
+                    if unanswered_since.get_or_insert_with(Instant::now).elapsed() > UNANSWERED_LIMIT {
+                        let _ = scancel(id).await;
+                        Some("UNREACHABLE".to_string())
+                    } else {
+                        None
+                    }
                 }
             };
+            if state.is_some() {
+                unanswered_since = None;
+            }
             follow_log(&dir.join("job.log"), &job.log, &mut log_done);
             let Some(state) = state else { continue };
             if is_terminal(&state) {
@@ -232,6 +245,7 @@ impl SlurmSandbox {
                 break "VANISHED".to_string();
             }
         };
+        guard.0 = None;
         let wall = start.elapsed();
         // NFS and friends may show the result a moment after the job ended.
         let mut result = read_result(&dir);
@@ -416,6 +430,21 @@ fn pid_alive(pid: i32) -> bool {
 
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// `scancel`s the job when dropped while still holding its id.
+struct CancelOnDrop(Option<u64>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            let _ = std::process::Command::new("scancel")
+                .arg(id.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
