@@ -397,6 +397,14 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     }
     let _slot = experiment_slot().await;
     let ws = slurm_workspace();
+    // Training that lasts (until budget + grace, 70 s): the job is surely running when the server dies.
+    let toml = ws.root.join("autoresearch.toml");
+    let cfg = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, cfg.replace("budget_seconds = 5\n", "budget_seconds = 60\n")).unwrap();
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let brace = src.find("fn main").unwrap() + src[src.find("fn main").unwrap()..].find('{').unwrap();
+    let sleeper = "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::thread::sleep(std::time::Duration::from_secs(600)); }";
+    std::fs::write(ws.train_rs(), format!("{}{{\n{sleeper}\n{}", &src[..brace], &src[brace + 1..])).unwrap();
     let client = ws.client().await;
     let pid = client.pid;
     let params = rmcp::model::CallToolRequestParams::new("run_experiment".to_string())
@@ -438,4 +446,26 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     assert!(left.is_empty(), "the killed server's job folders are removed: {left:?}");
     let m = again.call("read_metrics", json!({"last": 1})).await;
     assert!(!is_error(&m), "{}", text(&m));
+
+    // The next run's train job cancelled by someone else (an administrator, a preemption): the run
+    // ends crashed, saying the job was lost, never ok.
+    let pid = again.pid;
+    let params = rmcp::model::CallToolRequestParams::new("run_experiment".to_string())
+        .with_arguments(json!({"description": "lost"}).as_object().cloned().unwrap());
+    let admin = async {
+        let deadline = Instant::now() + Duration::from_secs(400);
+        loop {
+            if let Some((id, _)) = live_jobs_of(pid).await.into_iter().find(|(_, s)| s == "RUNNING") {
+                autoresearch_mcp::sandbox::slurm::scancel(id).await.unwrap();
+                break;
+            }
+            assert!(Instant::now() < deadline, "no Slurm job of server {pid} started");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let (r, ()) = tokio::join!(again.service.call_tool(params), admin);
+    let r = r.unwrap();
+    let status = r.structured_content.as_ref().map(|s| s["status"].clone());
+    assert_eq!(status, Some(json!("crashed")), "{}", text(&r));
+    assert!(text(&r).contains("lost: its Slurm job ended before it finished"), "{}", text(&r));
 }
