@@ -571,6 +571,10 @@ fn node_provided(p: &Path, node_paths: &[PathBuf]) -> bool {
 fn stage(job: &Job, dir: &Path, node_paths: &[PathBuf]) -> Result<NodeSpec> {
     let files = dir.join("files");
     std::fs::create_dir_all(&files).with_context(|| format!("create {}", files.display()))?;
+    // The staged validation halves and checkpoints are no one else's business on a shared file
+    // system. (The job reaches its files through bind mounts, which this mode does not stop.)
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restrict {}", dir.display()))?;
     let under = |p: &Path| files.join(p.strip_prefix("/").unwrap_or(p));
     let mut mounts = vec![];
     let mut read_only: Vec<PathBuf> = job.read_only.clone();
