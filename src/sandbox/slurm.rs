@@ -136,7 +136,7 @@ impl SlurmSandbox {
     pub async fn reap_orphans(&self) -> Result<usize> {
         let host = hostname();
         let jobs = squeue(&[]).await?;
-        let mut cancelled = 0;
+        let mut cancelled = vec![];
         for j in jobs {
             let Some(owner) = Owner::parse(&j.comment()) else { continue };
             if owner.host != host || pid_alive(owner.pid) || j.terminal() {
@@ -144,18 +144,32 @@ impl SlurmSandbox {
             }
             tracing::warn!(job = j.job_id, pid = owner.pid, "cancelling a Slurm job whose server is gone");
             if scancel(j.job_id).await.is_ok() {
-                cancelled += 1;
+                cancelled.push(j.job_id);
             }
+        }
+        // Their folders go once the jobs are over (a job being cancelled still writes its outcome).
+        let deadline = Instant::now() + CANCEL_WAIT;
+        while !cancelled.is_empty() && Instant::now() < deadline {
+            let live = squeue(&[]).await.unwrap_or_default();
+            if !live.iter().any(|j| cancelled.contains(&j.job_id) && !j.terminal()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         for e in std::fs::read_dir(self.jobs_dir()).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(&format!("{host}-")) else { continue };
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
             if !pid_alive(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
+                for _ in 0..5 {
+                    if std::fs::remove_dir_all(e.path()).is_ok() || !e.path().exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
-        Ok(cancelled)
+        Ok(cancelled.len())
     }
 
     async fn run_remote(&self, job: &Job, cancel: &CancellationToken) -> Result<JobOutcome> {

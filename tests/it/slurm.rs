@@ -435,7 +435,7 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     let ev = std::fs::read_to_string(ws.state("runs.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(ev.lines().last().unwrap()).unwrap();
     assert_eq!(last["status"], "abandoned", "{last}");
-    for _ in 0..50 {
+    for _ in 0..150 {
         if std::fs::read_dir(shared_of(&ws).join("jobs")).map(|d| d.count() == 0).unwrap_or(true) {
             break;
         }
