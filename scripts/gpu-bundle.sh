@@ -2,12 +2,14 @@
 # Builds, on a machine with Rust, a self-contained folder that runs the full-size eCLIP experiment and
 # the Rust-vs-PyTorch throughput benchmark on any Linux x86-64 machine with Python + torch 2.11 and no
 # Rust or network (a GPU machine; CPU works at reduced size). Usage: scripts/gpu-bundle.sh [OUT_DIR]
-# (default target/gpu-bundle). Then, there: OUT_DIR/run.sh [--bench] (see OUT_DIR/run.sh --help).
+# (default target/gpu-bundle). Then, there: OUT_DIR/check.sh (a sandboxed experiment and the benchmark,
+# as root), or OUT_DIR/run.sh [--bench|--check] [--sandboxed] (see OUT_DIR/run.sh --help).
 #
 # The folder holds: bin/{train,prepare} (the trainer, release, libtorch_cuda linked --no-as-needed),
-# bin/autoresearch-mcp (the server: `synth` writes the synthetic dataset, `unsandboxed-experiment` runs and
-# scores an experiment), tokenizer/tokenizer.json (all-MiniLM-L6-v2's, from the Python env),
-# reference/ (the PyTorch port), benches/throughput.py, run.sh, manifest.json. The synthetic dataset
+# bin/autoresearch-mcp (the server: `synth` writes the synthetic dataset, `sandboxed-experiment` and
+# `unsandboxed-experiment` run and score an experiment), tokenizer/tokenizer.json (all-MiniLM-L6-v2's,
+# from the Python env), reference/ (the PyTorch port), benches/throughput.py, run.sh, check.sh
+# (scripts/gpu-check.sh), manifest.json. The synthetic dataset
 # (71 MB of PNGs at demo size, over the 60 MB this folder is kept under) is not copied: run.sh regenerates
 # it with the bundled generator in ~2 s and checks its SHA-256 against the one recorded here.
 # Environment: CARGO_TARGET_DIR is ignored; SERVER_TARGET_DIR / TRAINER_TARGET_DIR choose the build dirs.
@@ -48,7 +50,8 @@ cp "$TOKENIZER" "$OUT/tokenizer/tokenizer.json"
 cp reference/eclip_reference.py reference/README.md "$OUT/reference/"
 cp benches/throughput.py "$OUT/benches/"
 cp scripts/gpu-run.sh "$OUT/run.sh"
-chmod +x "$OUT/run.sh"
+cp scripts/gpu-check.sh "$OUT/check.sh"
+chmod +x "$OUT/run.sh" "$OUT/check.sh"
 
 # The bundled binaries must load against the wheel's libraries, CUDA backend included.
 if ! LD_LIBRARY_PATH="$TORCH_LIB" ldd "$OUT/bin/train" | grep -q libtorch_cuda.so; then
@@ -90,4 +93,4 @@ SIZE=$(du -sb "$OUT" | cut -f1)
 printf 'bundle %s: %s MiB (train.rs %s, BF16_AUTOCAST %s, MAX_STEPS %s)\n' "$OUT" "$(awk -v s="$SIZE" 'BEGIN { printf "%.1f", s / 1048576 }')" \
   "$(sha256sum "$TRAIN_RS" | cut -c1-12)" "$BF16" "$MAX_STEPS"
 if [ "$SIZE" -gt $((60 << 20)) ]; then echo "warning: over 60 MiB" >&2; fi
-echo "run it on the target machine: $OUT/run.sh --help"
+echo "run it on the target machine: $OUT/check.sh (the sandboxed experiment and the benchmark), or $OUT/run.sh --help"

@@ -6,13 +6,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
   cat <<'EOF'
-usage: run.sh [--bench] [--profile gpu|cpu|tests] [--device auto|cpu|cuda] [--dataset DIR]
+usage: run.sh [--bench|--check] [--sandboxed] [--profile gpu|cpu|tests] [--device auto|cpu|cuda] [--dataset DIR]
               [--image-tower F] [--text-tower DIR] [--bf16|--fp32] [--budget S] [--work DIR]
               [--repeat N] [--peak-tflops T]
 
 Default: one whole experiment (prepare -> train -> embed images -> embed texts -> score) with the
 bundled trainer, UNSANDBOXED (plain child processes), printing mean rank vs random, R@1/5/10, the steps/s
 and peak memory train reported, and the phase times.
+--sandboxed: the experiment's phases run in the local sandbox (own network/PID/mount/IPC/UTS/cgroup
+namespaces, a cgroup, Landlock, seccomp; only the job's paths and the GPU's /dev/nvidia* nodes), as the
+server runs them. Needs root and cgroups.
+--check: the whole GPU path in one go (what scripts/gpu-check.sh runs): a sandboxed experiment (budget
+120 s on a GPU; on a CPU the tests profile, 20 s), then --bench. Under 8 minutes on one GPU.
 --bench: the throughput benchmark instead: the Rust trainer and the PyTorch port of the reference on the
 same prepared data, device, profile, batch, steps and precision; prints steps/s of each, their ratio,
 peak memory and MFU (needs transformers, timm and safetensors besides torch).
@@ -34,12 +39,14 @@ EOF
 }
 
 die() { echo "run.sh: $*" >&2; exit 1; }
-MODE=experiment PROFILE="" DEVICE=auto DATASET="" IMAGE_TOWER="" TEXT_TOWER="" PRECISION="" BUDGET=""
+MODE=experiment SANDBOXED=false PROFILE="" DEVICE=auto DATASET="" IMAGE_TOWER="" TEXT_TOWER="" PRECISION="" BUDGET=""
 # Outside the bundle, so that the bundle stays small enough to copy (the demo data alone is 71 MB).
 WORK="$HERE-work" REPEAT=1 PEAK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) MODE=bench ;;
+    --check) MODE=check ;;
+    --sandboxed) SANDBOXED=true ;;
     --profile) PROFILE=${2:?--profile needs a value}; shift ;;
     --device) DEVICE=${2:?}; shift ;;
     --dataset) DATASET=$(cd "${2:?}" && pwd) || die "--dataset $2 does not exist"; shift ;;
@@ -84,7 +91,13 @@ if [ "$DEVICE" = cuda ] && [ "$CUDA" != 1 ]; then
   die "--device cuda: no CUDA device (nvidia-smi finds none, torch.cuda.is_available() is false). Use --device cpu"
 fi
 if [ -z "$PROFILE" ]; then
-  if [ "$DEVICE" = cuda ]; then PROFILE=gpu; elif [ "$MODE" = bench ]; then PROFILE=tests; else PROFILE=cpu; fi
+  if [ "$DEVICE" = cuda ]; then PROFILE=gpu; elif [ "$MODE" = experiment ]; then PROFILE=cpu; else PROFILE=tests; fi
+fi
+if [ "$MODE" = check ]; then
+  SANDBOXED=true
+  if [ -z "$BUDGET" ]; then
+    if [ "$DEVICE" = cuda ]; then BUDGET=120; else BUDGET=20; fi
+  fi
 fi
 case "$PROFILE" in tests|cpu|gpu) ;; *) die "--profile $PROFILE: use gpu, cpu or tests" ;; esac
 
@@ -129,18 +142,35 @@ TOWERS=()
 [ -n "$IMAGE_TOWER" ] && TOWERS+=(--image-tower "$IMAGE_TOWER")
 [ -n "$TEXT_TOWER" ] && TOWERS+=(--text-tower "$TEXT_TOWER")
 
-if [ "$MODE" = bench ]; then
+bench() {
   "$PY" -c 'import transformers, timm, safetensors' 2>/dev/null \
     || die "the PyTorch port needs transformers, timm and safetensors: $PY -m pip install 'transformers>=4.50,<6' timm==1.0.31 safetensors"
-  EXTRA=()
-  [ "$RUN_PRECISION" = bf16 ] && EXTRA+=(--bf16)
-  [ -n "$PEAK" ] && EXTRA+=(--peak-tflops "$PEAK")
-  exec "$PY" "$HERE/benches/throughput.py" --bin "$HERE/bin" --reference "$HERE/reference" --dataset "$DATASET" \
+  local extra=()
+  [ "$RUN_PRECISION" = bf16 ] && extra+=(--bf16)
+  [ -n "$PEAK" ] && extra+=(--peak-tflops "$PEAK")
+  "$PY" "$HERE/benches/throughput.py" --bin "$HERE/bin" --reference "$HERE/reference" --dataset "$DATASET" \
     --tokenizer "$TOKENIZER" --torch-lib "$TORCH_DIR/lib" --profile "$PROFILE" --device "$DEVICE" --work "$WORK" \
-    --repeat "$REPEAT" --json "$WORK/last-bench.json" "${EXTRA[@]}" "${TOWERS[@]}"
-fi
+    --repeat "$REPEAT" --json "$WORK/last-bench.json" "${extra[@]}" "${TOWERS[@]}"
+}
 
-ARGS=(--trainer-bin "$HERE/bin" --dataset "$DATASET" --profile "$PROFILE" --tokenizer "$TOKENIZER"
-      --device "$DEVICE" --torch-lib "$TORCH_DIR/lib" --work "$WORK" --json "$WORK/last-experiment.json")
-[ -n "$BUDGET" ] && ARGS+=(--budget "$BUDGET")
-exec "$HERE/bin/autoresearch-mcp" -C "$HERE" unsandboxed-experiment "${ARGS[@]}" "${TOWERS[@]}"
+experiment() {
+  local command=unsandboxed-experiment
+  [ "$SANDBOXED" = true ] && command=sandboxed-experiment
+  local args=(--trainer-bin "$HERE/bin" --dataset "$DATASET" --profile "$PROFILE" --tokenizer "$TOKENIZER"
+              --device "$DEVICE" --torch-lib "$TORCH_DIR/lib" --work "$WORK" --json "$WORK/last-experiment.json")
+  [ -n "$BUDGET" ] && args+=(--budget "$BUDGET")
+  "$HERE/bin/autoresearch-mcp" -C "$HERE" "$command" "${args[@]}" "${TOWERS[@]}"
+}
+
+case "$MODE" in
+  bench) bench ;;
+  experiment) experiment ;;
+  check)
+    START=$SECONDS
+    echo "== check 1/2: a sandboxed experiment (budget $BUDGET s)" >&2
+    experiment
+    echo "== check 2/2: throughput, the Rust trainer vs the PyTorch reference" >&2
+    bench
+    echo "== check done in $((SECONDS - START)) s: sandboxed experiment $WORK/last-experiment.json, throughput $WORK/last-bench.json" >&2
+    ;;
+esac

@@ -1,5 +1,5 @@
 //! Command-line interface: `init`, `serve`, `run`, `audit`, `report`, `export`, `synth`, `saturday`,
-//! `status`, `unsandboxed-experiment`, and the hidden `sandbox-exec` that the local sandbox re-executes.
+//! `status`, `sandboxed-experiment`, `unsandboxed-experiment`, and the hidden `sandbox-exec` that the local sandbox re-executes.
 
 use std::path::PathBuf;
 
@@ -122,7 +122,11 @@ pub enum Command {
     /// UNSANDBOXED, for benchmark/GPU machines only: prepare, train, embed and score one experiment with
     /// the trainer binaries run as plain child processes (no namespaces, no cgroups, no Landlock: train.rs
     /// gets your rights, files and network). Never reachable from the MCP tools. See docs/gpu.md.
-    UnsandboxedExperiment(crate::unsandboxed::UnsandboxedArgs),
+    UnsandboxedExperiment(crate::prebuilt::PrebuiltArgs),
+    /// For GPU machines with no Rust toolchain: the same experiment with the prebuilt binaries in the
+    /// local sandbox (namespaces, cgroup, Landlock, seccomp; needs root and cgroups, as `serve` does),
+    /// the check of the whole GPU path (scripts/gpu-check.sh). See docs/gpu.md.
+    SandboxedExperiment(crate::prebuilt::PrebuiltArgs),
     /// Leave Claude Code running the loop, unattended, until a deadline: headless, strict profile
     /// (only the six tools), relaunched with a resume prompt whenever it stops early.
     Saturday {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Outcome};
 use crate::cli::{AuditAction, Cli, Command};
 use crate::paths::Paths;
+use crate::prebuilt::Isolation;
 use crate::server::AutoresearchServer;
 use crate::service::{RunExperimentArgs, Service, recorded_heads};
 use crate::synth::{self, SynthSpec};
@@ -110,7 +111,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", ws.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::UnsandboxedExperiment(args) => crate::unsandboxed::main(&root, args).await,
+        Command::UnsandboxedExperiment(args) => crate::prebuilt::main(&root, args, Isolation::None).await,
+        Command::SandboxedExperiment(args) => crate::prebuilt::main(&root, args, Isolation::Local).await,
         Command::SandboxExec | Command::SandboxJob { .. } => unreachable!("handled in main before the runtime starts"),
     }
 }

@@ -442,6 +442,7 @@ async fn sandbox_probe(local: &LocalSandbox, pyenv: &PyEnv) -> Check {
         limits: Limits { memory_bytes: 4 << 30, pids: 256, cpus: 0.0 },
         unprivileged: true,
         disk_quota_bytes: 1 << 30,
+        gpus: Default::default(),
     };
     let r = local.run(&job, &CancellationToken::new()).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,10 @@
 //! - [`sandbox`]: where hostile code runs (`local`: namespaces, cleared environment, whole-tree kill;
 //!   `docker`; `none`, no isolation, for `unsandboxed-experiment` only; the disk quota; the page-cache
 //!   reset between the embed phases).
-//! - [`unsandboxed`]: `unsandboxed-experiment`, the experiment on the `none` backend with prebuilt binaries.
+//! - [`prebuilt`]: `sandboxed-experiment` / `unsandboxed-experiment`, the experiment with prebuilt binaries
+//!   on the `local` or `none` backend (GPU machines without Rust).
+//! - [`scheduler`]: slots for runs (one per GPU) and the first-come queue in front of them; a slot
+//!   names the GPU its run's phases are limited to ([`sandbox::gpus`]).
 //! - [`child`]: an unsandboxed child process in its own process group, killed as a group (setup scripts).
 //! - [`pyenv`]: the project's Python environment (libtorch, the tokenizer), as `scripts/python-env.sh` names it.
 //! - [`toolchain`]: the Rust toolchain and the locked crates the sandboxed build may read.
@@ -60,11 +63,13 @@ pub mod export;
 pub mod fsutil;
 pub mod ledger;
 pub mod paths;
+pub mod prebuilt;
 pub mod pyenv;
 pub mod report;
 pub mod run_limits;
 pub mod sandbox;
 pub mod scaffold;
+pub mod scheduler;
 pub mod score;
 pub mod server;
 pub mod service;
@@ -75,7 +80,6 @@ pub mod synth;
 pub mod toolchain;
 pub mod train_config;
 pub mod transport;
-pub mod unsandboxed;
 pub mod untrusted;
 pub mod workspace;
 

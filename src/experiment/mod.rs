@@ -24,6 +24,7 @@ use crate::ledger::{Fingerprint, PhaseTimes, Reported, RunStatus};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
 use crate::sandbox::cgroup::Limits;
+use crate::sandbox::gpus::{self, Gpus};
 use crate::sandbox::{Job, JobEnd, JobOutcome, Sandbox};
 use crate::score::Metrics;
 use crate::untrusted::fenced_tail;
@@ -254,8 +255,14 @@ impl Runner {
             ("LANG".into(), "C.UTF-8".into()),
         ];
         full.extend(env);
-        if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
-            full.push(("CUDA_VISIBLE_DEVICES".into(), v));
+        // The build and data preparation need no GPU; the phases of train use the run's.
+        let gpus = match phase {
+            "build" | "prepare" => Gpus::none(),
+            _ => Gpus::All,
+        };
+        match &gpus {
+            Gpus::All => full.extend(std::env::var("CUDA_VISIBLE_DEVICES").map(|v| ("CUDA_VISIBLE_DEVICES".into(), v))),
+            only => full.extend(gpus::cuda_env(Path::new("/proc/driver/nvidia/gpus"), only)),
         }
         Job {
             phase: phase.into(),
@@ -282,6 +289,7 @@ impl Runner {
                 "build" | "prepare" => sb.build_disk_quota_gib,
                 _ => sb.disk_quota_gib,
             } << 30,
+            gpus,
         }
     }
 

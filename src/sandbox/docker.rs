@@ -36,6 +36,7 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use super::gpus::Gpus;
 use super::local::{LogSink, NOBODY};
 use super::root::SYSTEM_READ_ONLY;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
@@ -256,12 +257,19 @@ impl DockerSandbox {
 
         let mem = i64::try_from(job.limits.memory_bytes).unwrap_or(i64::MAX);
         let fsize = i64::try_from(job.max_file_bytes).unwrap_or(i64::MAX);
-        // GPU through the NVIDIA Container Toolkit. Untested here: no development machine has both
-        // a GPU and Docker; the engine refuses the request when the toolkit is not installed.
-        let device_requests = Path::new("/dev/nvidia0").exists().then(|| {
+        // GPU through the NVIDIA Container Toolkit: every GPU, or only the job's (by device minor, as
+        // the toolkit numbers them). Untested here: no development machine has both a GPU and
+        // Docker; the engine refuses the request when the toolkit is not installed.
+        let host_gpus = super::gpus::host_gpus(Path::new("/dev"));
+        let (count, device_ids) = match &job.gpus {
+            Gpus::All => (Some(-1), None),
+            Gpus::Only(list) => (None, Some(list.iter().map(u32::to_string).collect::<Vec<_>>())),
+        };
+        let device_requests = (!host_gpus.is_empty() && job.gpus != Gpus::none()).then(|| {
             vec![DeviceRequest {
                 driver: Some("nvidia".into()),
-                count: Some(-1),
+                count,
+                device_ids,
                 capabilities: Some(vec![vec!["gpu".into()]]),
                 ..Default::default()
             }]

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod gpus;
 pub mod landlock;
 pub mod local;
 pub mod none;
@@ -55,6 +56,9 @@ pub struct Job {
     pub unprivileged: bool,
     /// Most bytes the job may add to its writable folders (0 = no quota): see [`quota`].
     pub disk_quota_bytes: u64,
+    /// The NVIDIA GPUs the job may use ([`gpus`]): their device nodes only, and CUDA told which.
+    #[serde(default)]
+    pub gpus: gpus::Gpus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

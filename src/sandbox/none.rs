@@ -127,6 +127,7 @@ mod tests {
             limits: super::super::cgroup::Limits { memory_bytes: 0, pids: 0, cpus: 0.0 },
             unprivileged: false,
             disk_quota_bytes: 0,
+            gpus: Default::default(),
         }
     }
 

@@ -32,7 +32,7 @@ pub const SYSTEM_READ_ONLY: &[&str] = &[
     "/sys/devices/system/cpu",
 ];
 
-/// Device nodes bound into the root; NVIDIA's are added when present.
+/// Device nodes bound into the root; the NVIDIA nodes of the job's GPUs are added ([`super::gpus`]).
 const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 /// Builds the root next to the job's scratch dir and pivots into it. Runs in the helper, inside
@@ -61,9 +61,7 @@ pub fn enter(job: &Job) -> Result<()> {
         bind(path, &root, *writable).with_context(|| format!("bind {} into the sandbox", path.display()))?;
     }
     let mut devices: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
-    if let Ok(rd) = std::fs::read_dir("/dev") {
-        devices.extend(rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().starts_with("/dev/nvidia")));
-    }
+    devices.extend(super::gpus::device_nodes(Path::new("/dev"), &job.gpus));
     for d in devices {
         bind(&d, &root, true).with_context(|| format!("bind {}", d.display()))?;
     }

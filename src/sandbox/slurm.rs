@@ -764,8 +764,13 @@ fn node_run(spec_path: &Path) -> Result<NodeResult> {
         .context("parse the job spec")?;
     bind_staged(&spec).context("bind the staged files at their paths")?;
     let mut job = spec.job;
-    // GPUs and memory as Slurm granted them.
-    job.env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES" && k != "SLURM_JOB_GPUS");
+    // GPUs and memory as Slurm granted them. The server's choice of GPUs (its own machine's) means
+    // nothing here: with GPUs from Slurm the job gets the node's NVIDIA nodes, of which Slurm's
+    // devices cgroup lets it open only its own, and CUDA_VISIBLE_DEVICES as Slurm set it; without
+    // any, no GPU node at all.
+    job.env.retain(|(k, _)| !matches!(k.as_str(), "CUDA_VISIBLE_DEVICES" | "CUDA_DEVICE_ORDER" | "SLURM_JOB_GPUS"));
+    let slurm_gpus = std::env::var("SLURM_JOB_GPUS").ok().filter(|g| !g.trim().is_empty());
+    job.gpus = if slurm_gpus.is_some() { super::gpus::Gpus::All } else { super::gpus::Gpus::none() };
     for k in ["CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS"] {
         if let Ok(v) = std::env::var(k) {
             job.env.push((k.into(), v));
@@ -900,6 +905,7 @@ mod tests {
             limits: super::super::cgroup::Limits { memory_bytes: 1 << 30, pids: 64, cpus: 0.0 },
             unprivileged: true,
             disk_quota_bytes: 0,
+            gpus: Default::default(),
         };
         let dir = t.path().join("shared/jobs/x");
         let spec = stage(&job, &dir, &[]).unwrap();

@@ -270,3 +270,10 @@ pub fn seed_ok_run(
     ledger.append(started).unwrap();
     ledger.append(finished).unwrap();
 }
+
+/// `src` (a train.rs) with `code` as the first statement of `fn main`.
+pub fn insert_at_main_start(src: &str, code: &str) -> String {
+    let i = src.find("fn main").expect("train.rs has fn main");
+    let brace = i + src[i..].find('{').unwrap();
+    format!("{}{{\n    {code}\n{}", &src[..brace], &src[brace + 1..])
+}

@@ -1,5 +1,6 @@
-//! `unsandboxed-experiment`, the GPU bundle's path (scripts/gpu-bundle.sh, run.sh): the server's pipeline
-//! on the `none` backend, the trainer's prebuilt binaries as plain child processes. On CPU, tests profile.
+//! `sandboxed-experiment` and `unsandboxed-experiment`, the GPU bundle's path (scripts/gpu-bundle.sh,
+//! run.sh, gpu-check.sh): the server's pipeline with the trainer's prebuilt binaries, on the `local`
+//! backend and as plain child processes. On CPU, tests profile.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -43,14 +44,32 @@ fn build_trainer(ws: &Ws, dest: &Path) {
     drop(lock);
 }
 
-fn unsandboxed(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(bin()).arg("-C").arg(repo_root()).arg("unsandboxed-experiment").args(args).output().unwrap()
+fn prebuilt(command: &str, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(bin()).arg("-C").arg(repo_root()).arg(command).args(args).output().unwrap()
+}
+
+/// What train.rs prints in its train phase: whether the repository's files are visible (they are not
+/// in the sandbox's minimal root) and whether it runs as root (the sandbox's job is nobody).
+fn host_probe(ws: &Ws) {
+    let src = std::fs::read_to_string(ws.train_rs()).unwrap();
+    let probe = format!(
+        "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") {{ \
+         eprintln!(\"HOST-PROBE repo-visible={{}} uid={{}}\", std::path::Path::new({:?}).exists(), unsafe {{ libc::getuid() }}); }}",
+        repo_root().join("Cargo.toml")
+    );
+    std::fs::write(ws.train_rs(), insert_at_main_start(&src, &probe)).unwrap();
+}
+
+fn probe_line(run_dir: &Path) -> String {
+    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    log.lines().find(|l| l.contains("HOST-PROBE ")).unwrap_or_else(|| panic!("no probe line:\n{log}")).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
+async fn prebuilt_binaries_score_far_better_than_random_sandboxed_and_run_unsandboxed() {
     let _slot = experiment_slot().await;
     let ws = Ws::new();
+    host_probe(&ws);
     let bins = tempfile::tempdir().unwrap();
     build_trainer(&ws, bins.path());
     let work = tempfile::tempdir().unwrap();
@@ -77,18 +96,19 @@ async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
         "--json".as_ref(),
         json.as_os_str(),
     ];
-    let out = unsandboxed(&args);
+    // The whole experiment in the local sandbox, as scripts/gpu-check.sh runs it on a GPU machine.
+    let out = prebuilt("sandboxed-experiment", &args);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{stdout}");
-    assert!(out.status.success(), "unsandboxed-experiment failed:\n{stderr}");
-    assert!(stderr.contains("UNSANDBOXED") && stdout.contains("UNSANDBOXED"), "says loudly that there is no sandbox");
+    assert!(out.status.success(), "sandboxed-experiment failed:\n{stderr}");
+    assert!(!stderr.contains("UNSANDBOXED") && stdout.contains("sandboxed experiment (local backend"), "{stdout}");
     for needle in
         ["mean rank", "random", "R@1", "R@10", "steps/s", "peak memory", "embed-images", "total", "not training"]
     {
         assert!(stdout.contains(needle), "{needle:?} missing from the summary:\n{stdout}");
     }
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(s["sandboxed"], false);
+    assert_eq!(s["sandboxed"], true);
     let m = &s["metrics"];
     let (mean, random) = (m["mean_rank"].as_f64().unwrap(), m["random_mean_rank"].as_f64().unwrap());
     assert!(mean < 0.6 * random, "trained mean rank {mean} is not far below random {random}");
@@ -100,12 +120,21 @@ async fn unsandboxed_experiment_on_cpu_scores_far_better_than_random() {
     let p = &s["phases"];
     assert!(p["train_loop"].as_f64().unwrap() > 0.5 * p["train"].as_f64().unwrap(), "{p}");
     assert!(p["build"].is_null(), "prebuilt binaries are not built: {p}");
+    let probe = probe_line(Path::new(s["run_dir"].as_str().unwrap()));
+    assert!(probe.contains("repo-visible=false") && !probe.contains("uid=0"), "inside the sandbox: {probe}");
 
-    // A second run reuses the prepared data; its logs are in their own run folder.
-    let again = unsandboxed(&[&args[..8], &["--budget".as_ref(), "5".as_ref()], &args[10..]].concat());
-    let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    // The same binaries unsandboxed, briefly: it says so loudly, sees the host, reuses the prepared
+    // data; its logs are in their own run folder.
+    let again =
+        prebuilt("unsandboxed-experiment", &[&args[..8], &["--budget".as_ref(), "5".as_ref()], &args[10..]].concat());
+    let (stdout2, stderr2) = (String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+    assert!(again.status.success(), "{stderr2}");
+    assert!(stderr2.contains("UNSANDBOXED") && stdout2.contains("UNSANDBOXED"), "says loudly that there is no sandbox");
     assert!(stdout2.contains("prepare cached"), "{stdout2}");
+    let s2: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(s2["sandboxed"], false);
+    let probe = probe_line(Path::new(s2["run_dir"].as_str().unwrap()));
+    assert!(probe.contains("repo-visible=true"), "a plain child process sees the host: {probe}");
     let runs = std::fs::read_dir(work.path().join("runs")).unwrap().count();
     assert_eq!(runs, 2);
 }

@@ -95,6 +95,7 @@ impl Dirs {
             limits: Limits { memory_bytes: 256 << 20, pids: 64, cpus: 1.0 },
             unprivileged: true,
             disk_quota_bytes: 0,
+            gpus: Default::default(),
         }
     }
 }

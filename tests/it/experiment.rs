@@ -138,12 +138,6 @@ async fn in_flight_refusals_then_killing_the_server_leaves_nothing_behind() {
     }
 }
 
-fn insert_at_main_start(src: &str, code: &str) -> String {
-    let i = src.find("fn main").expect("train.rs has fn main");
-    let brace = i + src[i..].find('{').unwrap();
-    format!("{}{{\n    {code}\n{}", &src[..brace], &src[brace + 1..])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn train_rs_cannot_reach_a_host_loopback_listener_but_the_same_code_can_outside() {
     let _slot = experiment_slot().await;

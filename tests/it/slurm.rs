@@ -98,6 +98,7 @@ impl Dirs {
             limits: Limits { memory_bytes: 512 << 20, pids: 64, cpus: 0.0 },
             unprivileged: true,
             disk_quota_bytes: 0,
+            gpus: Default::default(),
         }
     }
 }

@@ -1,13 +1,17 @@
-//! `unsandboxed-experiment`: one whole experiment with the trainer's prebuilt binaries run as plain
-//! child processes, for benchmark and GPU machines that lack the sandbox's prerequisites (root, cgroups,
-//! namespaces, Docker) or a Rust toolchain.
-//!
-//! **There is no sandbox here.** `train.rs` runs with the invoking user's rights, file system and
-//! network. The command exists so that the trainer as built can be measured at full size; it is a CLI
-//! subcommand only and no MCP tool can reach it. It is the server's own pipeline ([`Runner`]) on the
-//! `none` backend ([`NoSandbox`]) with prebuilt binaries ([`Trainer::Prebuilt`]): the same `AR_*`
+//! `sandboxed-experiment` and `unsandboxed-experiment`: one whole experiment with the trainer's prebuilt
+//! binaries (a GPU bundle's, scripts/gpu-bundle.sh), for benchmark and GPU machines that have no Rust
+//! toolchain. It is the server's own pipeline ([`Runner`]) with [`Trainer::Prebuilt`]: the same `AR_*`
 //! environment, data preparation and finishing, evaluation and scoring. What is its own: finding
 //! libtorch and the tokenizer without a workspace, the device check, and the summary it prints.
+//!
+//! - `sandboxed-experiment` runs the phases in the `local` sandbox ([`LocalSandbox`]: own namespaces,
+//!   cgroup, Landlock, seccomp; only the job's paths and the GPU's device nodes): the GPU check of the
+//!   whole isolation path (scripts/gpu-check.sh). It needs root and cgroups, as `serve` does.
+//! - `unsandboxed-experiment` runs them as plain child processes ([`NoSandbox`]). **There is no sandbox
+//!   there**: train.rs runs with the invoking user's rights, file system and network. It exists so that
+//!   the trainer as built can be measured on machines that lack the sandbox's prerequisites.
+//!
+//! Both are CLI subcommands only; no MCP tool can reach them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -25,6 +29,8 @@ use crate::fsutil::write_atomic;
 use crate::ledger::{PhaseTimes, Reported, RunStatus};
 use crate::paths::Paths;
 use crate::pyenv::PyEnv;
+use crate::sandbox::Sandbox;
+use crate::sandbox::local::LocalSandbox;
 use crate::sandbox::none::NoSandbox;
 use crate::score::Metrics;
 
@@ -35,9 +41,18 @@ const EMBED_TIMEOUT_SECONDS: u64 = 900;
 
 const BANNER: &str = "UNSANDBOXED: train.rs runs as a plain child process with your user's rights, files and network";
 
-/// Arguments of `autoresearch-mcp unsandboxed-experiment`.
+/// Where the phases run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The `local` sandbox backend (`sandboxed-experiment`).
+    Local,
+    /// Plain child processes (`unsandboxed-experiment`).
+    None,
+}
+
+/// Arguments of `autoresearch-mcp sandboxed-experiment` and `unsandboxed-experiment`.
 #[derive(Debug, Clone, Args)]
-pub struct UnsandboxedArgs {
+pub struct PrebuiltArgs {
     /// Folder holding the trainer's release binaries `train` and `prepare` (trainer/target/release).
     #[arg(long)]
     pub trainer_bin: PathBuf,
@@ -79,9 +94,9 @@ pub struct UnsandboxedArgs {
     pub json: Option<PathBuf>,
 }
 
-/// The result of one unsandboxed experiment.
+/// The result of one experiment with prebuilt binaries.
 #[derive(Debug, Clone, Serialize)]
-pub struct UnsandboxedSummary {
+pub struct PrebuiltSummary {
     pub sandboxed: bool,
     pub profile: String,
     pub device_requested: String,
@@ -101,12 +116,14 @@ pub struct UnsandboxedSummary {
 }
 
 /// The CLI body: runs the experiment, prints the summary, writes `--json`.
-pub async fn main(workspace: &Path, args: UnsandboxedArgs) -> Result<ExitCode> {
-    eprintln!("!! {BANNER}.");
-    eprintln!("!! For benchmark machines only; `serve`, `run` and every MCP tool always use the sandbox.");
+pub async fn main(workspace: &Path, args: PrebuiltArgs, isolation: Isolation) -> Result<ExitCode> {
+    if isolation == Isolation::None {
+        eprintln!("!! {BANNER}.");
+        eprintln!("!! For benchmark machines only; `serve`, `run` and every MCP tool always use the sandbox.");
+    }
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signal(&cancel, |_| eprintln!("interrupted: stopping the phase in flight"));
-    let summary = run(workspace, &args, &cancel).await?;
+    let summary = run(workspace, &args, isolation, &cancel).await?;
     print!("{}", render(&summary));
     if let Some(path) = &args.json {
         write_atomic(path, serde_json::to_string_pretty(&summary)?.as_bytes())
@@ -115,9 +132,29 @@ pub async fn main(workspace: &Path, args: UnsandboxedArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The backend of `isolation`, checked: a machine that cannot sandbox is told what is missing.
+fn sandbox(isolation: Isolation) -> Result<Arc<dyn Sandbox>> {
+    Ok(match isolation {
+        Isolation::None => Arc::new(NoSandbox { echo: true }),
+        Isolation::Local => {
+            let local = LocalSandbox::from_current_exe()?;
+            local.check().context(
+                "the local sandbox cannot run here (it needs root, cgroups and namespaces, as `serve` does); \
+                 `unsandboxed-experiment` runs the same experiment without isolation",
+            )?;
+            Arc::new(local)
+        }
+    })
+}
+
 /// Checks the arguments, then runs prepare (unless cached) → train → embed-images → embed-texts →
-/// score through the server's [`Runner`] on the `none` backend.
-pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &CancellationToken) -> Result<UnsandboxedSummary> {
+/// score through the server's [`Runner`] on the backend of `isolation`.
+pub async fn run(
+    workspace: &Path,
+    args: &PrebuiltArgs,
+    isolation: Isolation,
+    cancel: &CancellationToken,
+) -> Result<PrebuiltSummary> {
     let profile = args.profile;
     let abs =
         |p: &Path| -> Result<PathBuf> { p.canonicalize().with_context(|| format!("{} does not exist", p.display())) };
@@ -162,7 +199,7 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
         config,
         pyenv: PyEnv::with_torch_lib(torch_lib.clone()),
         trainer: Trainer::Prebuilt(bin),
-        sandbox: Arc::new(NoSandbox { echo: true }),
+        sandbox: sandbox(isolation)?,
     };
     eprintln!(
         "profile {} | device {} | budget {budget} s | libtorch {torch_version} ({}) | dataset {}",
@@ -209,8 +246,8 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
             torch_lib.display()
         );
     }
-    Ok(UnsandboxedSummary {
-        sandboxed: false,
+    Ok(PrebuiltSummary {
+        sandboxed: isolation == Isolation::Local,
         profile: profile.as_str().into(),
         device_requested: args.device.to_string(),
         dataset,
@@ -228,7 +265,7 @@ pub async fn run(workspace: &Path, args: &UnsandboxedArgs, cancel: &Cancellation
 }
 
 /// The summary as printed: metrics against random, what train reported, the phase times.
-pub fn render(s: &UnsandboxedSummary) -> String {
+pub fn render(s: &PrebuiltSummary) -> String {
     let m = &s.metrics;
     let r = &s.reported;
     let opt = |v: Option<f64>, prec: usize| v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "n/a".into());
@@ -240,7 +277,14 @@ pub fn render(s: &UnsandboxedSummary) -> String {
     let total = ph.total + secs(ph.prepare);
     let steps_per_s = r.steps.zip(ph.train).filter(|(_, t)| *t > 0.0).map(|(n, t)| n as f64 / t);
     let mut o = String::new();
-    o.push_str(&format!("== unsandboxed experiment ({BANNER})\n"));
+    if s.sandboxed {
+        o.push_str(&format!(
+            "== sandboxed experiment (local backend: {} namespaces, cgroup, Landlock, seccomp)\n",
+            crate::sandbox::local::NAMESPACE_NAMES
+        ));
+    } else {
+        o.push_str(&format!("== unsandboxed experiment ({BANNER})\n"));
+    }
     o.push_str(&format!(
         "profile {} | device {} (requested {}) | libtorch {} | train {} / val {} | budget {} s | seed {}\n",
         s.profile,
