@@ -401,7 +401,14 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     // Training that lasts (until budget + grace, 70 s): the job is surely running when the server dies.
     let toml = ws.root.join("autoresearch.toml");
     let cfg = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(&toml, cfg.replace("budget_seconds = 5\n", "budget_seconds = 60\n")).unwrap();
+    let cfg: Vec<String> = cfg
+        .lines()
+        .map(
+            |l| if l.trim_start().starts_with("budget_seconds") { "budget_seconds = 60".into() } else { l.to_string() },
+        )
+        .collect();
+    assert!(cfg.iter().any(|l| l == "budget_seconds = 60"), "{cfg:?}");
+    std::fs::write(&toml, cfg.join("\n") + "\n").unwrap();
     let src = std::fs::read_to_string(ws.train_rs()).unwrap();
     let brace = src.find("fn main").unwrap() + src[src.find("fn main").unwrap()..].find('{').unwrap();
     let sleeper = "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::thread::sleep(std::time::Duration::from_secs(600)); }";
