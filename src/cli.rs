@@ -163,6 +163,10 @@ pub enum Command {
     /// The local sandbox's helper; the job spec comes on stdin.
     #[command(hide = true)]
     SandboxExec,
+    /// The `slurm` backend's job on a compute node: runs the staged job of `spec` (a `spec.json` in
+    /// the shared directory) through the local sandbox and writes its outcome beside it.
+    #[command(hide = true)]
+    SandboxJob { spec: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand, Clone, Copy)]

@@ -115,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::UnsandboxedExperiment(args) => crate::prebuilt::main(&root, args, Isolation::None).await,
         Command::SandboxedExperiment(args) => crate::prebuilt::main(&root, args, Isolation::Local).await,
-        Command::SandboxExec => unreachable!("handled in main before the runtime starts"),
+        Command::SandboxExec | Command::SandboxJob { .. } => unreachable!("handled in main before the runtime starts"),
     }
 }
 

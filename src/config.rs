@@ -64,6 +64,9 @@ pub enum Backend {
     Local,
     /// One container per phase (`sandbox::docker`).
     Docker,
+    /// Train and embed phases as Slurm jobs running the local sandbox on a compute node
+    /// (`sandbox::slurm`); the build and data preparation stay local.
+    Slurm,
 }
 
 impl Backend {
@@ -71,6 +74,7 @@ impl Backend {
         match self {
             Backend::Local => "local",
             Backend::Docker => "docker",
+            Backend::Slurm => "slurm",
         }
     }
 }
@@ -95,7 +99,7 @@ macro_rules! named {
 }
 named!(Profile, "profile", "tests, cpu or gpu");
 named!(Device, "device", "auto, cpu or cuda");
-named!(Backend, "sandbox backend", "local or docker");
+named!(Backend, "sandbox backend", "local, docker or slurm");
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +108,7 @@ pub struct Config {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub sandbox: SandboxConfig,
+    pub slurm: SlurmConfig,
 }
 
 /// Pretrained towers (read-only in every phase of `train`); empty means randomly initialised.
@@ -190,6 +195,93 @@ pub struct SandboxConfig {
     pub build_disk_quota_gib: u64,
 }
 
+/// The `slurm` backend's jobs (`[slurm]`; read only when `sandbox.backend = "slurm"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// `--partition`; empty means the cluster's default partition.
+    pub partition: String,
+    /// `--account`; empty means the user's default account.
+    pub account: String,
+    /// `--gres` of each job, e.g. `gpu:1`; empty asks for none (CPU jobs).
+    pub gres: String,
+    /// `--mem` of each job, GiB; 0 means `sandbox.memory_limit_gib`. The job's own sandbox cgroup
+    /// gets the smaller of the two.
+    pub memory_gib: u64,
+    /// `--cpus-per-task` of each job.
+    pub cpus: u32,
+    /// `--time` of each job in minutes; 0 means the phase's own limit rounded up, plus two minutes
+    /// (the sandbox on the node enforces the exact limit; Slurm's is the backstop).
+    pub time_minutes: u64,
+    /// A directory the server and every compute node see at this same path (NFS, Lustre, ...):
+    /// each job's inputs, outputs, log and outcome live in a folder here while it runs.
+    pub shared_dir: PathBuf,
+    /// Read-only paths the compute nodes have themselves at the same place (a shared software
+    /// tree): not copied per job. The Python environment (libtorch) is always one of them.
+    pub node_paths: Vec<PathBuf>,
+    /// How often the server asks Slurm for a job's state (`squeue --json`), seconds.
+    pub poll_seconds: f64,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self {
+            partition: String::new(),
+            account: String::new(),
+            gres: String::new(),
+            memory_gib: 0,
+            cpus: 1,
+            time_minutes: 0,
+            shared_dir: PathBuf::new(),
+            node_paths: vec![],
+            poll_seconds: 1.0,
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// What a `slurm` backend needs, as messages a user can act on.
+    pub fn validate(&self) -> Result<()> {
+        if self.shared_dir.as_os_str().is_empty() {
+            bail!(
+                "slurm.shared_dir is not set: name a directory the server and the compute nodes see at the same path \
+                 (sandbox.backend = \"slurm\" stages each job's files there)"
+            );
+        }
+        if !self.shared_dir.is_absolute() {
+            bail!("slurm.shared_dir = {:?} must be an absolute path (compute nodes resolve it)", self.shared_dir);
+        }
+        if let Some(p) = self.node_paths.iter().find(|p| !p.is_absolute()) {
+            bail!("slurm.node_paths: {p:?} must be an absolute path");
+        }
+        let word = |what: &str, v: &str| -> Result<()> {
+            if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '\'' || c == '"') {
+                bail!("slurm.{what} = {v:?}: one name, without spaces, commas or quotes");
+            }
+            Ok(())
+        };
+        word("partition", &self.partition)?;
+        word("account", &self.account)?;
+        if !self.gres.is_empty() {
+            let parts: Vec<&str> = self.gres.split(':').collect();
+            let count_ok = parts.last().is_some_and(|c| !c.is_empty() && c.chars().all(|d| d.is_ascii_digit()));
+            let names_ok = parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)));
+            if parts.len() < 2 || parts.len() > 3 || !count_ok || !names_ok {
+                bail!("slurm.gres = {:?}: use name[:type]:count, e.g. \"gpu:1\" or \"gpu:a100:1\"", self.gres);
+            }
+        }
+        if self.cpus == 0 {
+            bail!("slurm.cpus = 0: each job needs at least one CPU");
+        }
+        if !(self.poll_seconds >= 0.1 && self.poll_seconds <= 60.0) {
+            bail!("slurm.poll_seconds = {}: use 0.1 to 60", self.poll_seconds);
+        }
+        Ok(())
+    }
+}
+
 impl Default for ExperimentConfig {
     fn default() -> Self {
         Self {
@@ -253,6 +345,9 @@ impl Config {
         if self.experiment.folds == 1 || self.experiment.folds > 10 {
             bail!("experiment.folds = {}: use 0 (the fixed split) or 2..=10 folds", self.experiment.folds);
         }
+        if self.sandbox.backend == Backend::Slurm {
+            self.slurm.validate()?;
+        }
         Ok(())
     }
 
@@ -302,8 +397,8 @@ mod tests {
 
     #[test]
     fn the_file_and_the_flags_accept_the_same_names() {
-        for b in [Backend::Local, Backend::Docker] {
-            let c = parse(&format!("[sandbox]\nbackend = \"{b}\"\n")).unwrap();
+        for b in [Backend::Local, Backend::Docker, Backend::Slurm] {
+            let c = parse(&format!("[sandbox]\nbackend = \"{b}\"\n[slurm]\nshared_dir = \"/shared\"\n")).unwrap();
             assert_eq!(c.sandbox.backend, b);
             assert_eq!(b.as_str().parse::<Backend>(), Ok(b));
         }
@@ -330,8 +425,33 @@ mod tests {
         assert!(e.contains("dockr") && e.contains("local") && e.contains("docker"), "{e}");
         let e = format!("{:#}", parse("[experiment]\ndevice = \"gpu\"\n").unwrap_err());
         assert!(e.contains("gpu") && e.contains("auto") && e.contains("cuda"), "{e}");
-        assert_eq!("Docker".parse::<Backend>(), Err("sandbox backend \"Docker\": use local or docker".to_string()));
+        assert_eq!(
+            "Docker".parse::<Backend>(),
+            Err("sandbox backend \"Docker\": use local, docker or slurm".to_string())
+        );
         assert_eq!("gpu".parse::<Device>(), Err("device \"gpu\": use auto, cpu or cuda".to_string()));
         assert_eq!("big".parse::<Profile>(), Err("profile \"big\": use tests, cpu or gpu".to_string()));
+    }
+
+    #[test]
+    fn a_slurm_backend_needs_a_usable_slurm_table() {
+        let e = format!("{:#}", parse("[sandbox]\nbackend = \"slurm\"\n").unwrap_err());
+        assert!(e.contains("slurm.shared_dir is not set"), "{e}");
+        let e = format!("{:#}", parse("[sandbox]\nbackend = \"slurm\"\n[slurm]\nshared_dir = \"rel\"\n").unwrap_err());
+        assert!(e.contains("absolute"), "{e}");
+        for bad in ["gpu", "gpu:x", "gpu 1:1", ":1", "gpu:a:b:1"] {
+            let t = format!("[sandbox]\nbackend = \"slurm\"\n[slurm]\nshared_dir = \"/s\"\ngres = \"{bad}\"\n");
+            let e = format!("{:#}", parse(&t).unwrap_err());
+            assert!(e.contains("name[:type]:count"), "{bad}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            parse("[sandbox]\nbackend = \"slurm\"\n[slurm]\nshared_dir = \"/s\"\npartition = \"a b\"\n").unwrap_err()
+        );
+        assert!(e.contains("slurm.partition"), "{e}");
+        let c = parse("[sandbox]\nbackend = \"slurm\"\n[slurm]\nshared_dir = \"/s\"\ngres = \"gpu:a100:2\"\n").unwrap();
+        assert_eq!((c.slurm.gres.as_str(), c.slurm.cpus), ("gpu:a100:2", 1));
+        // Not read by the other backends.
+        assert!(parse("[slurm]\ngres = \"nonsense\"\n").is_ok());
     }
 }

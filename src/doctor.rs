@@ -151,6 +151,19 @@ pub async fn run(root: &Path) -> Vec<Check> {
     .await
     .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
     out.push(check("docker backend", docker, Level::Warn));
+    if let Ok(c) = config.as_ref()
+        && c.sandbox.backend == crate::config::Backend::Slurm
+    {
+        let slurm = c.slurm.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let shared = slurm.shared_dir.display().to_string();
+            crate::sandbox::slurm::SlurmSandbox::new(slurm)?.check()?;
+            Ok(format!("squeue --json answers; shared dir {shared} writable (docs/slurm.md)"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+        out.push(check("slurm backend", r, Level::Fail));
+    }
     out.extend(claude_checks(root, config.as_ref().ok()));
     out.push(Check {
         name: "gpu",

@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     if let Command::SandboxExec = &cli.command {
         std::process::exit(autoresearch_mcp::sandbox::local::exec_main());
     }
+    // Sets up its mount namespace while single-threaded, then starts its own small runtime.
+    if let Command::SandboxJob { spec } = &cli.command {
+        std::process::exit(autoresearch_mcp::sandbox::slurm::job_main(spec));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -243,7 +243,7 @@ pub async fn score_runs(paths: &Paths, cancel: &CancellationToken, say: &dyn Fn(
         config: config.clone(),
         pyenv: PyEnv::locate_cancellable(&paths.root, cancel).await?,
         trainer: Trainer::Build(Toolchain::detect()?),
-        sandbox: crate::sandbox::configured(&config.sandbox, false)?,
+        sandbox: crate::sandbox::configured(&config, false)?,
     };
     let (phase, mut phase_rx) = tokio::sync::watch::channel(String::new());
     let echo = tokio::spawn(async move {

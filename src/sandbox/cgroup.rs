@@ -42,14 +42,27 @@ impl Cgroup {
 
     /// Creates `autoresearch/<name>` with the limits.
     pub fn create(name: &str, limits: &Limits) -> Result<Self> {
+        Self::create_in(None, name, limits)
+    }
+
+    /// Like [`Cgroup::create`]; on v2 with `parent` (a cgroup directory holding no process), the
+    /// job's cgroup is `<parent>/autoresearch-<name>` instead, so whatever the parent's ancestors
+    /// impose (a Slurm job's memory and its device program) still holds for the job.
+    pub fn create_in(parent: Option<&Path>, name: &str, limits: &Limits) -> Result<Self> {
         let v2 = Self::detect()? == "v2";
         let cg = if v2 {
-            let parent = Path::new(ROOT).join("autoresearch");
-            std::fs::create_dir_all(&parent).context("create the autoresearch cgroup (run as root)")?;
-            let _ = write(&Path::new(ROOT).join("cgroup.subtree_control"), "+memory +pids +cpu");
+            let (parent, name) = match parent {
+                Some(p) => (p.to_path_buf(), format!("autoresearch-{name}")),
+                None => {
+                    let p = Path::new(ROOT).join("autoresearch");
+                    std::fs::create_dir_all(&p).context("create the autoresearch cgroup (run as root)")?;
+                    let _ = write(&Path::new(ROOT).join("cgroup.subtree_control"), "+memory +pids +cpu");
+                    (p, name.to_string())
+                }
+            };
             let _ = write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
             let dir = parent.join(name);
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("create the cgroup {}", dir.display()))?;
             write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
             let _ = write(&dir.join("memory.swap.max"), "0");
             write(&dir.join("pids.max"), &limits.pids.to_string())?;

@@ -32,16 +32,24 @@ use super::cgroup::Cgroup;
 use super::{BoxFuture, Job, JobEnd, JobOutcome, Sandbox};
 
 /// How much of a job's output is kept in memory for the tail.
-const TAIL_KEEP: usize = 64 * 1024;
+pub(super) const TAIL_KEEP: usize = 64 * 1024;
 
 pub struct LocalSandbox {
     /// The `autoresearch-mcp` binary that implements `sandbox-exec`.
     helper: PathBuf,
+    /// Where jobs' cgroups go on cgroup v2 (None: `autoresearch/` at the root); see [`Cgroup::create_in`].
+    cgroup_parent: Option<PathBuf>,
 }
 
 impl LocalSandbox {
     pub fn new(helper: PathBuf) -> Self {
-        Self { helper }
+        Self { helper, cgroup_parent: None }
+    }
+
+    /// Jobs' cgroups under `parent` on cgroup v2 (the `slurm` backend's node side: inside Slurm's job).
+    pub fn with_cgroup_parent(mut self, parent: Option<PathBuf>) -> Self {
+        self.cgroup_parent = parent;
+        self
     }
 
     /// Uses the running executable as the helper (the normal case: the server is autoresearch-mcp).
@@ -85,7 +93,7 @@ impl LocalSandbox {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name =
             format!("{}-{}-{}", job.phase, std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let cgroup = Cgroup::create(&name, &job.limits)
+        let cgroup = Cgroup::create_in(self.cgroup_parent.as_deref(), &name, &job.limits)
             .map_err(|e| anyhow::anyhow!("refusing to run {} without resource limits: {e:#}", job.phase))?;
         let procs = cgroup.procs_files().iter().map(|p| super::root::cstr(p)).collect::<Result<Vec<_>>>()?;
         let mut cmd = tokio::process::Command::from(namespaced_command(&self.helper, procs));

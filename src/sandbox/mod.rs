@@ -13,6 +13,7 @@ pub mod pagecache;
 pub mod quota;
 pub mod root;
 pub mod seccomp;
+pub mod slurm;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum JobEnd {
     Cancelled,
     /// Killed for writing more than its disk quota; what it wrote was removed.
     QuotaExceeded,
+    /// Its Slurm job ended without finishing: node failure, preemption, boot failure, or cancelled
+    /// by someone other than this server. Never a success, whatever the job printed.
+    Lost,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,9 @@ impl JobOutcome {
             JobEnd::TimedOut => format!("killed after its {} s limit", self.wall.as_secs()),
             JobEnd::Cancelled => "cancelled".into(),
             JobEnd::QuotaExceeded => "killed: disk quota exceeded (what it wrote was removed)".into(),
+            JobEnd::Lost => "lost: its Slurm job ended before it finished (node failure, preemption, boot failure, \
+                             or cancelled outside the server); nothing it produced is used"
+                .into(),
         }
     }
 }
@@ -153,11 +160,27 @@ pub trait Sandbox: Send + Sync {
 }
 
 /// The backend `autoresearch.toml` names, the one place it is chosen (`serve`, `run`, `report --test`).
-/// With `reap`, containers a server that died left behind are removed in the background (the docker
-/// backend; the local one's leftovers are reaped per run by their cgroups).
-pub fn configured(config: &crate::config::SandboxConfig, reap: bool) -> anyhow::Result<std::sync::Arc<dyn Sandbox>> {
+/// With `reap`, containers and Slurm jobs a server that died left behind are removed in the
+/// background (the docker and slurm backends; the local one's leftovers are reaped per run by their
+/// cgroups).
+pub fn configured(full: &crate::config::Config, reap: bool) -> anyhow::Result<std::sync::Arc<dyn Sandbox>> {
     use crate::config::Backend;
+    let config = &full.sandbox;
     Ok(match config.backend {
+        Backend::Slurm => {
+            let slurm = std::sync::Arc::new(slurm::SlurmSandbox::new(full.slurm.clone())?);
+            if let (true, Ok(rt)) = (reap, tokio::runtime::Handle::try_current()) {
+                let s = slurm.clone();
+                rt.spawn(async move {
+                    match s.reap_orphans().await {
+                        Ok(n) if n > 0 => tracing::warn!(n, "cancelled Slurm jobs left by a server that died"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("could not look for orphan Slurm jobs: {e:#}"),
+                    }
+                });
+            }
+            slurm
+        }
         Backend::Local => std::sync::Arc::new(local::LocalSandbox::from_current_exe()?),
         Backend::Docker => {
             let docker = std::sync::Arc::new(docker::DockerSandbox::new(config.docker_image.clone())?);

@@ -141,7 +141,7 @@ impl Service {
         }
         let sandbox: Arc<dyn Sandbox> = match sandbox {
             Some(s) => s,
-            None => crate::sandbox::configured(&config.sandbox, true)?,
+            None => crate::sandbox::configured(&config, true)?,
         };
         Ok(Self {
             paths,

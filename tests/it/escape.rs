@@ -12,16 +12,16 @@ use serde_json::json;
 use crate::common::*;
 
 /// One workspace with small limits, so the resource cases are quick.
-struct Arena {
-    ws: Ws,
-    client: Client,
+pub(crate) struct Arena {
+    pub(crate) ws: Ws,
+    pub(crate) client: Client,
     original: String,
     docker: bool,
 }
 
 impl Arena {
     /// `sandbox` goes into the [sandbox] table (the backend's own lines).
-    fn workspace(sandbox: &str) -> Ws {
+    pub(crate) fn workspace(sandbox: &str) -> Ws {
         // A short budget: each attack runs before training, which then only has to leave a checkpoint
         // for the embed phases (the sleeper is killed at budget + grace).
         let ws = Ws::with_config("budget_seconds = 5\ngrace_seconds = 10\nembed_timeout_seconds = 60");
@@ -36,14 +36,14 @@ impl Arena {
         Self::with(Self::workspace(""), false).await
     }
 
-    async fn with(ws: Ws, docker: bool) -> Self {
+    pub(crate) async fn with(ws: Ws, docker: bool) -> Self {
         let original = std::fs::read_to_string(ws.train_rs()).unwrap();
         let client = ws.client().await;
         Arena { ws, client, original, docker }
     }
 
     /// Runs train.rs with `code` at the start of main; returns the result text and the run's status.
-    async fn attack(&self, code: &str) -> (String, String) {
+    pub(crate) async fn attack(&self, code: &str) -> (String, String) {
         self.attack_with(code, json!({"description": "attack"})).await
     }
 
@@ -100,13 +100,13 @@ impl Arena {
 }
 
 /// Runs the attack only in the train phase, then panics with what it saw (the log tail comes back).
-fn in_train(body: &str) -> String {
+pub(crate) fn in_train(body: &str) -> String {
     format!(
         "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") {{ let report: String = {{ {body} }}; panic!(\"ATTACK-REPORT {{report}}\"); }}"
     )
 }
 
-fn report(text: &str) -> String {
+pub(crate) fn report(text: &str) -> String {
     text.lines().find(|l| l.contains("ATTACK-REPORT")).unwrap_or_else(|| panic!("no report in: {text}")).to_string()
 }
 

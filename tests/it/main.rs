@@ -16,6 +16,7 @@ mod faults;
 mod noise;
 mod refusals;
 mod report;
+mod slurm;
 mod standings;
 mod tools;
 mod towers;
