@@ -143,6 +143,18 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
+    /// Claude Code cuts long MCP server instructions ("… [truncated]"): program.md at 5,874 bytes lost
+    /// its end, 3,989 bytes reached the model whole (tests/python/test_saturday.py checks it end to
+    /// end). This catches a longer program.md in the quick tier.
+    #[test]
+    fn program_md_fits_in_claude_codes_mcp_instructions() {
+        let len = std::fs::read(repo().join("program.md")).unwrap().len();
+        assert!(
+            len <= 3989,
+            "program.md is {len} bytes: Claude Code may truncate it as MCP instructions; keep it under 3,989"
+        );
+    }
+
     /// The reference's final settings, read from where `new-workspace --config final` reads them.
     fn answers() -> BTreeMap<String, String> {
         let a = crate::train_config::load(&repo().join("trainer"), "final").unwrap();

@@ -438,8 +438,13 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// Whether process `pid` runs. A zombie does not: a SIGKILLed server stays one until its parent
+/// reaps it, and its jobs must be cancelled meanwhile.
 fn pid_alive(pid: i32) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may itself hold any byte.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    pid > 0 && state != Some("Z") && state != Some("X")
 }
 
 fn shell_quote(p: &Path) -> String {
