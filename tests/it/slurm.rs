@@ -391,12 +391,6 @@ async fn escapes_fail_and_an_experiment_is_scored_through_slurm() {
 
 /// SIGKILL the server while its train phase runs on Slurm: the next server cancels the job and
 /// records the run abandoned.
-///
-/// Ignored for now: since the merge with the paired-seeds and per-job-GPU changes, the train job is
-/// killed (REQUEST_KILL_JOB, uid 0) a quarter second after slurmd launches it, before the server is
-/// SIGKILLed, and Slurm records it COMPLETED; the cause is not found yet (open in issue 14's notes).
-/// Run it with `cargo test --test it -- --ignored slurm::a_killed`.
-#[ignore = "a train job is killed right after launch since the merge; under investigation"]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     if !up("sigkill").await {
@@ -423,8 +417,11 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     let pid = client.pid;
     let params = rmcp::model::CallToolRequestParams::new("run_experiment".to_string())
         .with_arguments(json!({"description": "killed"}).as_object().cloned().unwrap());
+    // The request stays in flight until the server is killed: dropping it would send a cancellation,
+    // and the server would cancel the job itself, leaving nothing to reap.
+    let mut call = Box::pin(client.service.call_tool(params));
     let job = tokio::select! {
-        r = client.service.call_tool(params) => panic!("the run ended before its Slurm job was seen: {r:?}"),
+        r = &mut call => panic!("the run ended before its Slurm job was seen: {r:?}"),
         id = async {
             let deadline = Instant::now() + Duration::from_secs(400);
             loop {
@@ -440,6 +437,7 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     // between is recorded COMPLETED ("already killed, do not launch"). Let it launch first.
     tokio::time::sleep(Duration::from_secs(5)).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    drop(call);
     drop(client);
     let again = ws.client().await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -447,8 +445,12 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
         assert!(Instant::now() < deadline, "job {job} of the killed server {pid} is still queued or running");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The loop above saw it end within a minute of the restart, long before its own limit (budget 60 s
+    // + grace 30 s after launch): the reaper's scancel ended it. sandbox-job answers scancel's SIGTERM
+    // by stopping the phase and exiting, which Slurm records CANCELLED or, when the script's exit comes
+    // first, COMPLETED.
     let state = squeue(&["--states=all", "-j", &job.to_string()]).await.unwrap()[0].state();
-    assert_eq!(state, "CANCELLED", "job {job}");
+    assert!(["CANCELLED", "COMPLETED"].contains(&state.as_str()), "job {job}: {state}");
     let ev = std::fs::read_to_string(ws.state("runs.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(ev.lines().last().unwrap()).unwrap();
     assert_eq!(last["status"], "abandoned", "{last}");
