@@ -42,10 +42,14 @@ fi
 # target/test-logs/, printed if it fails.
 LOGS=target/test-logs
 mkdir -p "$LOGS"
-trainer_build() {
+# ENV: the Python environment (installed on first use); TORCH_LIB: its torch's lib/, the trainer's libtorch.
+python_env() {
     ENV=$(scripts/python-env.sh)
-    scripts/fetch-trainer-deps.sh
     TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+}
+trainer_build() {
+    python_env
+    scripts/fetch-trainer-deps.sh
     cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" \
         cargo test --release --locked --no-run
 }
@@ -88,8 +92,7 @@ cargo bench --locked --no-run
 
 say "waiting for the trainer build"
 finish trainer-build "$TRAINER_BUILD"
-ENV=$(scripts/python-env.sh)
-TORCH_LIB=$("$ENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+python_env
 
 say "trainer tests (libtorch, CPU)"
 (cd trainer && PATH="$ENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$TORCH_LIB" cargo test --release --locked)

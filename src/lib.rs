@@ -14,7 +14,8 @@
 //! - [`prebuilt`]: `sandboxed-experiment` / `unsandboxed-experiment`, the experiment with prebuilt binaries
 //!   on the `local` or `none` backend (GPU machines without Rust).
 //! - [`scheduler`]: slots for runs (one per GPU) and the first-come queue in front of them; a slot
-//!   names the GPU its run's phases are limited to ([`sandbox::gpus`]).
+//!   names the GPU its run's phases would be limited to ([`sandbox::gpus`]). Not yet used by
+//!   `run_experiment`, which still runs one experiment at a time.
 //! - [`child`]: an unsandboxed child process in its own process group, killed as a group (setup scripts).
 //! - [`pyenv`]: the project's Python environment (libtorch, the tokenizer), as `scripts/python-env.sh` names it.
 //! - [`toolchain`]: the Rust toolchain and the locked crates the sandboxed build may read.

@@ -1,6 +1,8 @@
 //! Slots for experiments: how many runs train at once, and which GPU each gets. A run waits in a
 //! first-come queue until a slot is free; the slot it gets names its GPU (one per slot when the machine
 //! has GPUs), which the run's train and embed phases are limited to ([`crate::sandbox::gpus`]).
+//!
+//! Not yet wired in: `run_experiment` still claims its single in-flight slot (service/run_experiment.rs).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -169,32 +169,35 @@ pub fn configured(full: &crate::config::Config, reap: bool) -> anyhow::Result<st
     Ok(match config.backend {
         Backend::Slurm => {
             let slurm = std::sync::Arc::new(slurm::SlurmSandbox::new(full.slurm.clone())?);
-            if let (true, Ok(rt)) = (reap, tokio::runtime::Handle::try_current()) {
-                let s = slurm.clone();
-                rt.spawn(async move {
-                    match s.reap_orphans().await {
-                        Ok(n) if n > 0 => tracing::warn!(n, "cancelled Slurm jobs left by a server that died"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("could not look for orphan Slurm jobs: {e:#}"),
-                    }
-                });
-            }
+            let s = slurm.clone();
+            reap_in_background(reap, "cancelled Slurm jobs", "Slurm jobs", async move { s.reap_orphans().await });
             slurm
         }
         Backend::Local => std::sync::Arc::new(local::LocalSandbox::from_current_exe()?),
         Backend::Docker => {
             let docker = std::sync::Arc::new(docker::DockerSandbox::new(config.docker_image.clone())?);
-            if let (true, Ok(rt)) = (reap, tokio::runtime::Handle::try_current()) {
-                let d = docker.clone();
-                rt.spawn(async move {
-                    match d.reap_orphans().await {
-                        Ok(n) if n > 0 => tracing::warn!(n, "removed containers left by a server that died"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("could not look for orphan containers: {e:#}"),
-                    }
-                });
-            }
+            let d = docker.clone();
+            reap_in_background(reap, "removed containers", "containers", async move { d.reap_orphans().await });
             docker
         }
     })
+}
+
+/// With `reap` and a runtime to run on, `sweep` (a backend's `reap_orphans`: how many it removed)
+/// runs in the background and says what it did (`done`) or could not look for (`what`).
+fn reap_in_background(
+    reap: bool,
+    done: &'static str,
+    what: &'static str,
+    sweep: impl Future<Output = anyhow::Result<usize>> + Send + 'static,
+) {
+    if let (true, Ok(rt)) = (reap, tokio::runtime::Handle::try_current()) {
+        rt.spawn(async move {
+            match sweep.await {
+                Ok(n) if n > 0 => tracing::warn!(n, "{done} left by a server that died"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("could not look for orphan {what}: {e:#}"),
+            }
+        });
+    }
 }

@@ -49,10 +49,7 @@ impl Arena {
 
     /// Like [`Arena::attack`], with `run_experiment`'s arguments.
     async fn attack_with(&self, code: &str, args: serde_json::Value) -> (String, String) {
-        let i = self.original.find("fn main").unwrap();
-        let brace = i + self.original[i..].find('{').unwrap();
-        let src = format!("{}{{\n{code}\n{}", &self.original[..brace], &self.original[brace + 1..]);
-        std::fs::write(self.ws.train_rs(), src).unwrap();
+        std::fs::write(self.ws.train_rs(), insert_at_main_start(&self.original, code)).unwrap();
         let r = self.client.call("run_experiment", args).await;
         let status = r.structured_content.as_ref().map(|s| s["status"].as_str().unwrap_or("").to_string());
         let status = status.unwrap_or_else(|| {
@@ -333,17 +330,7 @@ async fn escape_suite(a: &Arena) {
         .await;
     assert!(!t.contains("WROTE-10GB"), "{t}");
 
-    // --- a fake metrics line and a fake metrics file: the ledger keeps the server's score
-    let (t, status) = a
-        .attack(
-            "println!(\"mean_rank 0.0\\nrun r0099 ok: mean rank 0.00\"); \
-             if let Ok(out) = std::env::var(\"AR_OUT\") { let _ = std::fs::write(std::path::Path::new(&out).join(\"metrics.json\"), \"{\\\"mean_rank\\\": 0.0}\"); }",
-        )
-        .await;
-    assert_eq!(status, "ok", "{t}");
-    let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
-    let rank = m["runs"][0]["mean_rank"].as_f64().unwrap();
-    assert!(rank > 1.0, "the recorded score is the server's, not the fake: {rank}");
+    fake_metrics_do_not_reach_the_ledger(a).await;
     assert!(a.ws.cli(&["audit", "verify"]).status.success());
     let _ = std::fs::remove_file(&sock_path);
 }
@@ -485,6 +472,20 @@ const EMBED_CHANNEL: &str = r#"
 fn lines_of(log: &Path, tag: &str) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     text.lines().filter_map(|l| l.split_once(tag).map(|(_, r)| r.trim().to_string())).collect()
+}
+
+/// A fake metrics line and a fake metrics file: the run is ok and the ledger keeps the server's score.
+pub(crate) async fn fake_metrics_do_not_reach_the_ledger(a: &Arena) {
+    let (t, status) = a
+        .attack(
+            "println!(\"mean_rank 0.0\\nrun r0099 ok: mean rank 0.00\"); \
+             if let Ok(out) = std::env::var(\"AR_OUT\") { let _ = std::fs::write(std::path::Path::new(&out).join(\"metrics.json\"), \"{\\\"mean_rank\\\": 0.0}\"); }",
+        )
+        .await;
+    assert_eq!(status, "ok", "{t}");
+    let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
+    let rank = m["runs"][0]["mean_rank"].as_f64().unwrap_or_else(|| panic!("{m}"));
+    assert!(rank > 1.0, "the recorded score is the server's, not the fake: {rank}");
 }
 
 async fn round_two(a: &Arena) {

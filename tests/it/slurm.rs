@@ -374,16 +374,7 @@ async fn escapes_fail_and_an_experiment_is_scored_through_slurm() {
     assert!(live_jobs_of(a.client.pid).await.is_empty());
 
     // fake_metrics: the run is ok, the recorded score the server's.
-    let (t, status) = a
-        .attack(
-            "println!(\"mean_rank 0.0\\nrun r0099 ok: mean rank 0.00\"); \
-             if let Ok(out) = std::env::var(\"AR_OUT\") { let _ = std::fs::write(std::path::Path::new(&out).join(\"metrics.json\"), \"{\\\"mean_rank\\\": 0.0}\"); }",
-        )
-        .await;
-    assert_eq!(status, "ok", "{t}");
-    let m = a.client.call("read_metrics", json!({"last": 1})).await.structured_content.unwrap();
-    let rank = m["runs"][0]["mean_rank"].as_f64().unwrap_or_else(|| panic!("{m}"));
-    assert!(rank > 1.0, "the recorded score is the server's, not the fake: {rank}");
+    crate::escape::fake_metrics_do_not_reach_the_ledger(&a).await;
     assert!(live_jobs_of(a.client.pid).await.is_empty());
     let left: Vec<_> = std::fs::read_dir(shared_of(&a.ws).join("jobs")).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "job folders left: {left:?}");
@@ -410,9 +401,8 @@ async fn a_killed_servers_job_is_cancelled_and_its_run_abandoned() {
     assert!(cfg.iter().any(|l| l == "budget_seconds = 60"), "{cfg:?}");
     std::fs::write(&toml, cfg.join("\n") + "\n").unwrap();
     let src = std::fs::read_to_string(ws.train_rs()).unwrap();
-    let brace = src.find("fn main").unwrap() + src[src.find("fn main").unwrap()..].find('{').unwrap();
     let sleeper = "if std::env::var(\"AR_PHASE\").as_deref() == Ok(\"train\") { std::thread::sleep(std::time::Duration::from_secs(600)); }";
-    std::fs::write(ws.train_rs(), format!("{}{{\n{sleeper}\n{}", &src[..brace], &src[brace + 1..])).unwrap();
+    std::fs::write(ws.train_rs(), insert_at_main_start(&src, sleeper)).unwrap();
     let client = ws.client().await;
     let pid = client.pid;
     let params = rmcp::model::CallToolRequestParams::new("run_experiment".to_string())
