@@ -107,8 +107,14 @@ pub(crate) fn report(text: &str) -> String {
     text.lines().find(|l| l.contains("ATTACK-REPORT")).unwrap_or_else(|| panic!("no report in: {text}")).to_string()
 }
 
+/// The two suites plant host-wide fixtures named after the test process (a secret in $HOME, files under
+/// CARGO_HOME, a SysV segment and its key, a socket) and compare the host's segment list before and
+/// after: they take turns, whatever the experiment slots allow.
+static HOST_FIXTURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn escape_suite_local_backend() {
+    let _fixtures = HOST_FIXTURES.lock().await;
     let _slot = experiment_slot().await;
     let arena = Arena::new().await;
     escape_suite(&arena).await;
@@ -123,6 +129,7 @@ async fn escape_suite_docker_backend() {
         eprintln!("SKIPPED escape_suite_docker_backend: no Docker engine could be started: {e}");
         return;
     }
+    let _fixtures = HOST_FIXTURES.lock().await;
     let _slot = experiment_slot().await;
     let image = autoresearch_mcp::sandbox::docker::DEFAULT_IMAGE;
     let ws = Arena::workspace(&format!("backend = \"docker\"\ndocker_image = \"{image}\"\n"));
